@@ -25,3 +25,9 @@ from .population import (
 )
 
 __version__ = "0.1.0"
+
+from . import observables
+from .config import SimulationConfig
+from .flow import simulate, time_grid
+from .observables import alignment, best_match, observe
+from .results import STATUS_NAMES, Result, format_summary, load, save

@@ -14,7 +14,7 @@ from jaxtyping import PRNGKeyArray
 from .hermite import Activation, HermiteExpert
 from .model import MoE, unit
 
-__all__ = ["init_teacher", "init_student", "orthogonalise_router"]
+__all__ = ["init_teacher", "init_student", "orthogonalise_router", "seed_key", "init_problem"]
 
 
 def _check_sizes(m: int, d: int, what: str) -> None:
@@ -86,3 +86,35 @@ def init_student(
     router = scale * jax.random.normal(key_router, (m, d), dtype)
     expert = scale * jax.random.normal(key_expert, (m, d), dtype)
     return MoE(orthogonalise_router(router, expert), expert, gate, expert_fn)
+
+
+def seed_key(base_seed: int, index) -> PRNGKeyArray:
+    """The key of seed `index`: the same whether simulated alone or in a batch."""
+    return jax.random.fold_in(jax.random.PRNGKey(base_seed), index)
+
+
+def init_problem(config, seed_index) -> tuple[MoE, MoE]:
+    """Teacher and initial student of each seed, batched over `seed_index`.
+
+    **Arguments:**
+
+    - `config`: a `SimulationConfig` (d, m, m_star, gate, expert, teacher).
+    - `seed_index`: integer array of shape (S,).
+
+    **Returns:** ``(teacher, student)``, `MoE` models whose arrays have a leading
+    seed axis: ``(S, m*, d)`` and ``(S, m, d)``.
+    """
+
+    def one(index):
+        key_teacher, key_student = jax.random.split(seed_key(config.base_seed, index))
+        teacher = init_teacher(
+            config.m_star,
+            config.d,
+            key=key_teacher if config.teacher == "random" else None,
+            gate=config.gate,
+            expert_fn=config.expert,
+        )
+        student = init_student(config.m, config.d, key=key_student, gate=config.gate, expert_fn=config.expert)
+        return teacher, student
+
+    return jax.jit(jax.vmap(one))(jnp.asarray(seed_index))

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
-from .hermite import HermiteExpert, mehler_table
+from .hermite import HermiteExpert, mehler_chebyshev
 from .model import MoE, forward, unit
 
 __all__ = [
@@ -81,15 +81,47 @@ def _terms(left: HermiteExpert, right: HermiteExpert):
 def _powers(x: Array, n: int) -> Array:
     """``[x⁰, x¹, …, x^{n−1}]`` stacked on a new leading axis.
 
-    Built by repeated doubling with products only, so that gradients stay
-    finite at x = 0 (``x**0`` would differentiate to 0·x⁻¹).
+    Products only, so that gradients stay finite at x = 0 (``x**0`` would
+    differentiate to 0·x⁻¹).
     """
-    out = jnp.ones((1,) + x.shape, x.dtype)
-    xk = x  # x^{len(out)}
-    while out.shape[0] < n:
-        out = jnp.concatenate([out, out * xk], axis=0)
-        xk = xk * xk
-    return out[:n]
+    out = [jnp.ones_like(x)]
+    for _ in range(1, n):
+        out.append(out[-1] * x)
+    return jnp.stack(out)
+
+
+def _chebyshev(x: Array, n: int) -> Array:
+    """``[T_0(x), …, T_{n−1}(x)]`` by the three-term recurrence (stable on [−1, 1])."""
+    out = [jnp.ones_like(x), x]
+    for _ in range(2, n):
+        out.append(2.0 * x * out[-1] - out[-2])
+    return jnp.stack(out[:n])
+
+
+def _kernel_from_correlations(left: MoE, right: MoE, rho_aa: Array, rhos: Array) -> Array:
+    """K for a batch of pairs, from their six correlations.
+
+    **Arguments:** ``rho_aa`` (P,) is ρ_{a₁a₂}; ``rhos`` (5, P) holds
+    ``(ρ_{b₁a₁}, ρ_{b₁a₂}, ρ_{b₂a₁}, ρ_{b₂a₂}, ρ_{b₁b₂})``. `left` and `right`
+    supply the activations and expert polynomials (their arrays are unused).
+    """
+    coefficient, exponents, pair_index, pairs = _terms(left.expert_fn, right.expert_fn)
+    max_order = max(max(j, l) for j, l in pairs)
+    cheb = mehler_chebyshev(left.gate, right.gate, max_order)  # (K, J, L)
+    dtype = rho_aa.dtype
+    cheb = jnp.asarray(np.stack([cheb[:, j, l] for j, l in pairs], axis=1), dtype)  # (K, U)
+    mehler = cheb.T @ _chebyshev(rho_aa, cheb.shape[0])  # (U, P)
+    # Gathers by the static exponent and pair indices are written as products
+    # with one-hot matrices: their gradients are then matrix products too,
+    # not scatters, which XLA runs several times faster on the CPU.
+    num_powers = int(exponents.max()) + 1
+    monomial = jnp.ones((exponents.shape[0],) + rho_aa.shape, dtype)
+    for s in range(5):
+        select = jnp.asarray(np.eye(num_powers)[exponents[:, s]], dtype)  # (T, E)
+        monomial = monomial * (select @ _powers(rhos[s], num_powers))
+    weight = np.zeros((len(pairs), exponents.shape[0]))
+    weight[pair_index, np.arange(exponents.shape[0])] = coefficient
+    return jnp.sum(mehler * (jnp.asarray(weight, dtype) @ monomial), axis=0)
 
 
 def expert_kernel(left: MoE, right: MoE) -> Float[Array, "m_left m_right"]:
@@ -98,15 +130,9 @@ def expert_kernel(left: MoE, right: MoE) -> Float[Array, "m_left m_right"]:
     Experts ``i`` come from `left`, experts ``k`` from `right`; each side uses its
     own router activation and expert polynomial. Formula: module docstring.
     """
-    coefficient, exponents, pair_index, pairs = _terms(left.expert_fn, right.expert_fn)
-    max_order = max(max(j, l) for j, l in pairs)
-    table = mehler_table(left.gate, right.gate, max_order)  # (N, J, L)
-    dtype = jnp.result_type(left.router.dtype, right.router.dtype)
-    table = jnp.asarray(np.stack([table[:, j, l] for j, l in pairs], axis=1), dtype)  # (N, U)
-
     v1, w1 = unit(left.router), unit(left.expert)
     v2, w2 = unit(right.router), unit(right.expert)
-    rho_aa = v1 @ v2.T  # ρ_{a₁a₂}
+    rho_aa = v1 @ v2.T
     shape = rho_aa.shape
     rhos = jnp.stack(
         [
@@ -116,26 +142,26 @@ def expert_kernel(left: MoE, right: MoE) -> Float[Array, "m_left m_right"]:
             jnp.broadcast_to(jnp.sum(w2 * v2, axis=-1)[None, :], shape),  # ρ_{b₂a₂}
             w1 @ w2.T,  # ρ_{b₁b₂}
         ]
-    )  # (5, m1, m2)
-    powers = _powers(rhos, int(exponents.max()) + 1)  # (E, 5, m1, m2)
-    monomial = jnp.prod(powers[exponents, np.arange(5)[None, :]], axis=1)  # (T, m1, m2)
-    mehler = jnp.einsum("nab,nu->uab", _powers(rho_aa, table.shape[0]), table)  # (U, m1, m2)
-    return jnp.einsum("t,tab,tab->ab", jnp.asarray(coefficient, dtype), monomial, mehler[pair_index])
+    )
+    values = _kernel_from_correlations(left, right, rho_aa.reshape(-1), rhos.reshape(5, -1))
+    return values.reshape(shape)
+
+
+def _symmetric_quadratic_form(model: MoE, sign: Array) -> Scalar:
+    """``½ Σ_{i,k} s_i s_k K(i,k)`` over the pairs i ≤ k only (K is symmetric)."""
+    n = model.num_experts
+    i, k = np.triu_indices(n)
+    v, w = unit(model.router), unit(model.expert)
+    gram_vv, gram_wv, gram_ww = v @ v.T, w @ v.T, w @ w.T
+    self_overlap = jnp.diagonal(gram_wv)
+    rhos = jnp.stack([self_overlap[i], gram_wv[i, k], gram_wv[k, i], self_overlap[k], gram_ww[i, k]])
+    values = _kernel_from_correlations(model, model, gram_vv[i, k], rhos)
+    weight = jnp.asarray(np.where(i == k, 0.5, 1.0), values.dtype) * sign[i] * sign[k]
+    return jnp.sum(weight * values)
 
 
 def _assemble(kernel, student: MoE, teacher: MoE) -> Scalar:
-    """``½ΣK(s,s) − ΣK(s,t) + ½ΣK(t,t)``, in one block when the specs agree."""
-    if student.gate == teacher.gate and student.expert_fn == teacher.expert_fn:
-        both = MoE(
-            jnp.concatenate([student.router, teacher.router]),
-            jnp.concatenate([student.expert, teacher.expert]),
-            student.gate,
-            student.expert_fn,
-        )
-        sign = jnp.concatenate(
-            [jnp.ones(student.num_experts), -jnp.ones(teacher.num_experts)]
-        ).astype(both.router.dtype)
-        return 0.5 * sign @ kernel(both, both) @ sign
+    """``½ΣK(s,s) − ΣK(s,t) + ½ΣK(t,t)``."""
     return (
         0.5 * jnp.sum(kernel(student, student))
         - jnp.sum(kernel(student, teacher))
@@ -179,6 +205,16 @@ def population_loss(student: MoE, teacher: MoE) -> Scalar:
         loss, grad = jax.value_and_grad(jaxmoe.population_loss)(student, teacher)
     """
     _check_pair(student, teacher)
+    if student.gate == teacher.gate and student.expert_fn == teacher.expert_fn:
+        # One symmetric block over student and teacher together, signs ±1.
+        both = MoE(
+            jnp.concatenate([student.router, teacher.router]),
+            jnp.concatenate([student.expert, teacher.expert]),
+            student.gate,
+            student.expert_fn,
+        )
+        sign = jnp.concatenate([jnp.ones(student.num_experts), -jnp.ones(teacher.num_experts)])
+        return _symmetric_quadratic_form(both, sign.astype(both.router.dtype))
     return _assemble(expert_kernel, student, teacher)
 
 

@@ -1,0 +1,193 @@
+"""The `jaxmoe` command.
+
+    jaxmoe simulate [--d 1000 --m 25 --m-star 5 --seeds 4 ...]
+
+Every bad input ends with one line on stderr and exit code 2; no traceback.
+The command opts into float64 (unless `--float32`): the library itself never
+changes JAX's global configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import sys
+import time
+from pathlib import Path
+
+from .config import DTYPES, SOLVERS, TEACHERS, TIME_GRIDS, SimulationConfig
+from .hermite import ACTIVATIONS, EXPERTS
+
+__all__ = ["main"]
+
+_DEFAULTS = SimulationConfig()
+
+
+class _UsageError(Exception):
+    """A bad command line: reported in one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print the whole usage block
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _add_problem_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("problem")
+    g.add_argument("--d", type=int, default=_DEFAULTS.d, help="input dimension (default %(default)s)")
+    g.add_argument("--m", type=int, default=_DEFAULTS.m, help="student experts (default %(default)s)")
+    g.add_argument("--m-star", type=int, default=_DEFAULTS.m_star, help="teacher experts (default %(default)s)")
+    g.add_argument("--gate", default=_DEFAULTS.gate, help=f"router activation: {', '.join(sorted(ACTIVATIONS))} (default %(default)s)")
+    g.add_argument("--expert", default=_DEFAULTS.expert, help=f"expert polynomial: {', '.join(sorted(EXPERTS))} (default %(default)s)")
+    g.add_argument("--teacher", default=_DEFAULTS.teacher, help=f"teacher frame: {', '.join(TEACHERS)} (default %(default)s)")
+    g = p.add_argument_group("seeds")
+    g.add_argument("--seeds", type=int, default=_DEFAULTS.seeds, help="number of seeds (default %(default)s)")
+    g.add_argument("--base-seed", type=int, default=_DEFAULTS.base_seed, help="seed k uses fold_in(PRNGKey(base_seed), k) (default %(default)s)")
+    g = p.add_argument_group("time and solver")
+    g.add_argument("--t-max", type=float, default=_DEFAULTS.t_max, help="end of gradient-flow time (default %(default)s)")
+    g.add_argument("--num-times", type=int, default=_DEFAULTS.num_times, help="saved times (default %(default)s)")
+    g.add_argument("--time-grid", default=_DEFAULTS.time_grid, help=f"{', '.join(TIME_GRIDS)} (default %(default)s)")
+    g.add_argument("--solver", default=_DEFAULTS.solver, help=f"{', '.join(SOLVERS)} (default %(default)s)")
+    g.add_argument("--rtol", type=float, default=_DEFAULTS.rtol, help="relative tolerance (default %(default)s)")
+    g.add_argument("--atol", type=float, default=_DEFAULTS.atol, help="absolute tolerance (default %(default)s)")
+    g.add_argument("--dt", type=float, default=None, help="fixed step (solver rk4 only)")
+    g.add_argument("--max-steps", type=int, default=_DEFAULTS.max_steps, help="step limit per seed (default %(default)s)")
+    g.add_argument("--loss-threshold", type=float, default=_DEFAULTS.loss_threshold, help="stop a seed once its loss is below this")
+    precision = g.add_mutually_exclusive_group()
+    precision.add_argument("--float64", dest="dtype", action="store_const", const="float64", help="double precision (default)")
+    precision.add_argument("--float32", dest="dtype", action="store_const", const="float32", help="single precision")
+    p.set_defaults(dtype=_DEFAULTS.dtype)
+
+
+def _config_from_args(args) -> SimulationConfig:
+    return SimulationConfig(
+        d=args.d,
+        m=args.m,
+        m_star=args.m_star,
+        gate=args.gate,
+        expert=args.expert,
+        teacher=args.teacher,
+        seeds=args.seeds,
+        base_seed=args.base_seed,
+        t_max=args.t_max,
+        num_times=args.num_times,
+        time_grid=args.time_grid,
+        solver=args.solver,
+        rtol=args.rtol,
+        atol=args.atol,
+        dt=args.dt,
+        max_steps=args.max_steps,
+        loss_threshold=args.loss_threshold,
+        dtype=args.dtype,
+    )
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="jaxmoe", description="Exact simulation of soft-routed mixture-of-experts learning dynamics.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    sim = sub.add_parser(
+        "simulate",
+        help="gradient flow on the exact population loss, many seeds at once",
+        description="Integrate the gradient flow of the exact population loss for several seeds; "
+        "the defaults are the paper's Figure 1 setting (m* = 5, m = 25, d = 1000).",
+    )
+    _add_problem_flags(sim)
+    sim.add_argument("--out", type=Path, default=None, help="output folder (default runs/simulate-<date>-<time>)")
+    sim.add_argument("--overwrite", action="store_true", help="replace a result already in --out")
+    sim.add_argument("--figure-seeds", type=int, default=4, help="alignment figures for this many seeds (default %(default)s)")
+    sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _summary_csv(result) -> str:
+    from .observables import best_match
+
+    index, value = best_match(result.final_expert_alignment())
+    final = result.final_loss()
+    out = io.StringIO()
+    writer = csv.writer(out)
+    m_star = index.shape[1]
+    writer.writerow(
+        ["seed", "final_loss", "t_final", "status", "num_steps"]
+        + [f"best_student_{j + 1}" for j in range(m_star)]
+        + [f"alignment_{j + 1}" for j in range(m_star)]
+    )
+    for s in range(result.num_seeds):
+        writer.writerow(
+            [int(result.seed_index[s]), f"{final[s]:.10e}", f"{result.t_final[s]:.6g}", result.status_names()[s], int(result.num_steps[s])]
+            + [int(i) for i in index[s]]
+            + [f"{v:.6f}" for v in value[s]]
+        )
+    return out.getvalue()
+
+
+def _simulate(args) -> int:
+    try:
+        config = _config_from_args(args)
+    except ValueError as err:
+        raise _UsageError(str(err)) from None
+    out = args.out or Path("runs") / time.strftime("simulate-%Y%m%d-%H%M%S")
+    if out.exists() and not out.is_dir():
+        raise _UsageError(f"--out {out} exists and is not a folder")
+    if (out / "result.npz").exists() and not args.overwrite:
+        raise _UsageError(f"{out} already holds a result; choose another --out or pass --overwrite")
+
+    import jax
+
+    if config.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    from .flow import simulate
+    from .plot import save_figures
+    from .results import format_summary, save, write_atomic
+
+    print(
+        f"jaxmoe simulate: d = {config.d}, m = {config.m}, m* = {config.m_star}, {config.seeds} seeds, "
+        f"t_max = {config.t_max:g}, {config.solver} rtol = {config.rtol:g} atol = {config.atol:g}, "
+        f"{config.dtype} on {jax.devices()[0].device_kind}",
+        flush=True,
+    )
+    print("compiling and integrating (the bar follows the slowest seed) ...", flush=True)
+    start = time.perf_counter()
+    result = simulate(config, progress=not args.quiet)
+    elapsed = time.perf_counter() - start
+    save(result, out)
+    table = format_summary(result)
+    write_atomic(out / "summary.txt", (table + "\n").encode())
+    write_atomic(out / "summary.csv", _summary_csv(result).encode())
+    figures = save_figures(result, out, max_seeds=args.figure_seeds)
+    print()
+    print(table)
+    print()
+    failed = [str(s) for s, name in zip(result.seed_index, result.status_names()) if name not in ("success", "converged")]
+    if failed:
+        print(f"warning: seeds {', '.join(failed)} did not finish normally (see the status column)")
+    print(f"{result.num_seeds} seeds in {elapsed:.1f} s; wrote {out}/: config.json, result.npz, summary.txt, summary.csv, "
+          + ", ".join(p.name for p in figures))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.version:
+            from . import __version__
+
+            print(f"jaxmoe {__version__}")
+            return 0
+        if args.command is None:
+            raise _UsageError("a command is required: simulate (see 'jaxmoe --help')")
+        return {"simulate": _simulate}[args.command](args)
+    except _UsageError as err:
+        print(f"jaxmoe: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jaxmoe: interrupted; files already written are complete", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The one frozen, validated description of a simulation.
+
+The CLI, notebooks, benchmarks and the result files all build or read this
+same object, so there is one place that says what a valid problem is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Literal
+
+from .hermite import ACTIVATIONS, EXPERTS
+
+__all__ = ["SimulationConfig", "SOLVERS", "TIME_GRIDS", "TEACHERS", "DTYPES"]
+
+SOLVERS = ("tsit5", "dopri5", "dopri8", "heun", "rk4")
+TIME_GRIDS = ("log", "linear")
+TEACHERS = ("random", "axis")
+DTYPES = ("float64", "float32")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulationConfig:
+    """A student–teacher problem and how to simulate it.
+
+    **Problem** (DESIGN §1):
+
+    - `d`: input dimension.
+    - `m`: student experts.
+    - `m_star`: teacher experts (needs 2·m_star ≤ d).
+    - `gate`: router activation (``"sigmoid"``, ``"erf"``).
+    - `expert`: expert polynomial (``"he1"`` … ``"he4"``).
+    - `teacher`: ``"random"`` (a Haar-random orthonormal frame per seed) or
+      ``"axis"`` (the first 2m* coordinate axes).
+
+    **Seeds:** seed index ``s`` (0 ≤ s < `seeds`) uses the key
+    ``jax.random.fold_in(jax.random.PRNGKey(base_seed), s)``, so a seed gives the
+    same run alone or in any batch.
+
+    **Time and solver** (gradient-flow time t, DESIGN §4):
+
+    - `t_max`: end time; `num_times` saved times on a `time_grid` (``"log"``:
+      0 then geometric from ``t_max·t_first`` to `t_max`; ``"linear"``).
+    - `solver`: an adaptive Runge–Kutta method of diffrax (``"tsit5"`` …),
+      with PID step control at relative/absolute tolerances `rtol`, `atol`;
+      `max_steps` per seed. ``"rk4"`` is the classical fixed-step method with
+      step `dt` (for tests and comparisons).
+    - `loss_threshold`: stop a seed early once its loss falls below this
+      (``None``: never).
+    - `dtype`: ``"float64"`` (default) or ``"float32"``.
+    """
+
+    d: int = 1000
+    m: int = 25
+    m_star: int = 5
+    gate: str = "sigmoid"
+    expert: str = "he3"
+    teacher: Literal["random", "axis"] = "random"
+    seeds: int = 4
+    base_seed: int = 0
+    t_max: float = 300.0
+    num_times: int = 301
+    time_grid: Literal["log", "linear"] = "linear"
+    t_first: float = 1e-4
+    solver: str = "tsit5"
+    rtol: float = 1e-6
+    atol: float = 1e-9
+    dt: float | None = None
+    max_steps: int = 200_000
+    loss_threshold: float | None = None
+    dtype: Literal["float64", "float32"] = "float64"
+
+    def __post_init__(self):
+        for name in ("d", "m", "m_star", "seeds", "num_times", "max_steps"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name} must be an integer ≥ 1; got {value!r}")
+        if self.num_times < 2:
+            raise ValueError(f"num_times must be at least 2; got {self.num_times}")
+        if not _is_int(self.base_seed) or self.base_seed < 0:
+            raise ValueError(f"base_seed must be an integer ≥ 0; got {self.base_seed!r}")
+        if 2 * self.m_star > self.d:
+            raise ValueError(
+                f"the teacher needs 2·m_star ≤ d orthonormal vectors; got m_star = {self.m_star}, d = {self.d}"
+            )
+        positive = {"t_max": self.t_max, "rtol": self.rtol, "atol": self.atol}
+        if self.dt is not None:
+            positive["dt"] = self.dt
+        if self.loss_threshold is not None:
+            positive["loss_threshold"] = self.loss_threshold
+        for name, value in positive.items():
+            if not _is_real(value) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+        if not _is_real(self.t_first) or not 0 < self.t_first < 1:
+            raise ValueError(f"t_first must be a fraction of t_max in (0, 1); got {self.t_first!r}")
+        choices = {
+            "gate": (self.gate, tuple(sorted(ACTIVATIONS))),
+            "expert": (self.expert, tuple(sorted(EXPERTS))),
+            "teacher": (self.teacher, TEACHERS),
+            "time_grid": (self.time_grid, TIME_GRIDS),
+            "solver": (self.solver, SOLVERS),
+            "dtype": (self.dtype, DTYPES),
+        }
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+        if self.solver == "rk4" and self.dt is None:
+            raise ValueError("solver 'rk4' takes a fixed step: set dt > 0")
+        if self.dt is not None and self.dt > self.t_max:
+            raise ValueError(f"dt must not exceed t_max; got dt = {self.dt}, t_max = {self.t_max}")
+
+    def replace(self, **changes) -> "SimulationConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SimulationConfig":
+        """Rebuild from `to_dict` output; unknown keys are an error."""
+        if not isinstance(data, dict):
+            raise ValueError("a configuration must be a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown configuration keys {unknown}; allowed: {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,117 @@
+"""Figures in the manner of the paper's Figure 1 (arXiv 2510.07205).
+
+For one seed: for every teacher expert j, the alignments of all student
+experts with it (thin), the student that ends best aligned in bold; routers
+in one panel, experts in the other. Beside them, the loss of every seed on a
+log scale. The time axis is gradient-flow time t, so figures from any method
+overlay.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .results import Result, write_atomic
+
+__all__ = ["plot_alignments", "plot_loss", "save_figures"]
+
+
+def _pyplot():
+    import matplotlib
+
+    # Figures are written to files; never try to open a window.
+    if os.environ.get("MPLBACKEND") is None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colors(n):
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(j % cmap.N) for j in range(n)]
+
+
+def plot_alignments(result: Result, seed: int = 0, ax=None):
+    """Router and expert alignments of one seed against time (two panels).
+
+    **Arguments:** `seed` is a position in the result (0 ≤ seed < S).
+
+    **Returns:** the matplotlib figure.
+    """
+    plt = _pyplot()
+    if not 0 <= seed < result.num_seeds:
+        raise ValueError(f"seed must be in 0..{result.num_seeds - 1}; got {seed}")
+    if ax is None:
+        fig, ax = plt.subplots(1, 2, figsize=(11, 4), sharey=True, constrained_layout=True)
+    else:
+        fig = ax[0].figure
+    t = result.times
+    expert = result.expert_alignment[seed]  # (T, m, m*)
+    router = result.router_alignment[seed]
+    best = np.nanargmax(np.nan_to_num(expert[-1], nan=-np.inf), axis=0)  # (m*,)
+    colors = _colors(expert.shape[-1])
+    for panel, values, title in ((ax[0], router, "router alignment $\\bar v_i\\cdot\\bar v^*_j$"),
+                                 (ax[1], expert, "expert alignment $\\bar w_i\\cdot\\bar w^*_j$")):
+        for j, color in enumerate(colors):
+            panel.plot(t, values[:, :, j], color=color, lw=0.4, alpha=0.25)
+            panel.plot(t, values[:, best[j], j], color=color, lw=2.0, label=f"teacher {j + 1}, student {best[j]}")
+        panel.set_title(title)
+        panel.set_xlabel("gradient-flow time t")
+        panel.axhline(0.0, color="k", lw=0.5)
+        panel.set_ylim(-1.05, 1.05)
+        panel.grid(alpha=0.3)
+    ax[1].legend(fontsize=7, loc="lower right")
+    config = result.config
+    fig.suptitle(
+        f"seed {result.seed_index[seed]}: d = {config.d}, m = {config.m}, m* = {config.m_star}, "
+        f"{config.gate} router, {config.expert} expert"
+    )
+    return fig
+
+
+def plot_loss(result: Result, ax=None):
+    """The population loss of every seed against time, on a log scale."""
+    plt = _pyplot()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    else:
+        fig = ax.figure
+    for s in range(result.num_seeds):
+        ax.plot(result.times, result.loss[s], lw=1.0, label=f"seed {result.seed_index[s]}")
+    ax.set_yscale("log")
+    ax.set_xlabel("gradient-flow time t")
+    ax.set_ylabel("population loss L")
+    ax.grid(alpha=0.3, which="both")
+    if result.num_seeds <= 10:
+        ax.legend(fontsize=7)
+    return fig
+
+
+def _write_png(fig, path: Path) -> None:
+    plt = _pyplot()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    write_atomic(path, buffer.getvalue())
+
+
+def save_figures(result: Result, folder: str | os.PathLike, max_seeds: int = 4) -> list[Path]:
+    """Write ``loss.png`` and ``alignment_seed<k>.png`` for the first seeds.
+
+    **Returns:** the paths written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / "loss.png"]
+    _write_png(plot_loss(result), paths[0])
+    for s in range(min(max_seeds, result.num_seeds)):
+        path = folder / f"alignment_seed{result.seed_index[s]}.png"
+        _write_png(plot_alignments(result, s), path)
+        paths.append(path)
+    return paths

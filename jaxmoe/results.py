@@ -1,0 +1,217 @@
+"""Results: the arrays a run produces, saved and loaded without pickle.
+
+A result folder holds
+
+- ``config.json``: ``{"format": "jaxmoe.result", "version": 1, "config": …, "run": …}``,
+  the `SimulationConfig` and facts about the run (wall time, mode, versions);
+- ``result.npz``: the arrays below, read back with ``allow_pickle=False``;
+- PNG figures and a text summary, written by the CLI.
+
+Every file is written to a temporary name in the same folder and moved into
+place with `os.replace`, so a killed run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import SimulationConfig
+from .observables import best_match
+
+__all__ = ["Result", "STATUS_NAMES", "save", "load", "format_summary", "write_atomic"]
+
+FORMAT = "jaxmoe.result"
+VERSION = 1
+
+# Per-seed solver outcome, stored as small integers in `Result.status`:
+# success (reached t_max), converged (stopped early at the loss threshold),
+# step_limit (max_steps reached first), non_finite (the state or the vector
+# field became NaN/inf, so the step size collapsed), solver_error (anything else).
+STATUS_NAMES = ("success", "converged", "step_limit", "non_finite", "solver_error")
+
+# name -> (number of dimensions, dtype kind); checked on load.
+_ARRAYS = {
+    "times": (1, "f"),
+    "seed_index": (1, "i"),
+    "loss": (2, "f"),
+    "expert_alignment": (4, "f"),
+    "router_alignment": (4, "f"),
+    "status": (1, "i"),
+    "t_final": (1, "f"),
+    "num_steps": (1, "i"),
+    "student_router0": (3, "f"),
+    "student_expert0": (3, "f"),
+    "teacher_router": (3, "f"),
+    "teacher_expert": (3, "f"),
+    "student_router": (3, "f"),
+    "student_expert": (3, "f"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """Everything a simulation returns, as NumPy arrays on the host.
+
+    Shapes: S seeds, T saved times, m student and m* teacher experts, D the
+    dimension of the coordinates simulated.
+
+    - `times` (T,): gradient-flow times of the saved observables.
+    - `seed_index` (S,): which seeds these are (see `SimulationConfig`).
+    - `loss` (S, T): exact population loss.
+    - `expert_alignment`, `router_alignment` (S, T, m, m*): w̄_i·w̄*_j and v̄_i·v̄*_j.
+    - `status` (S,): index into `STATUS_NAMES`.
+    - `t_final` (S,): the time each seed's solve ended (< t_max after an early
+      stop or a failure). After an early stop the observables keep their
+      values at `t_final`; after a failure they are NaN.
+    - `num_steps` (S,): accepted solver steps.
+    - `student_router0`, `student_expert0` (S, m, D) and `teacher_router`,
+      `teacher_expert` (S, m*, D): the initial student and the teacher, so any
+      run can be replayed; `student_router`, `student_expert` (S, m, D): the
+      student at `t_final`.
+    - `config`: the `SimulationConfig`; `run`: facts about the run.
+    """
+
+    config: SimulationConfig
+    times: np.ndarray
+    seed_index: np.ndarray
+    loss: np.ndarray
+    expert_alignment: np.ndarray
+    router_alignment: np.ndarray
+    status: np.ndarray
+    t_final: np.ndarray
+    num_steps: np.ndarray
+    student_router0: np.ndarray
+    student_expert0: np.ndarray
+    teacher_router: np.ndarray
+    teacher_expert: np.ndarray
+    student_router: np.ndarray
+    student_expert: np.ndarray
+    run: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_seeds(self) -> int:
+        return int(self.loss.shape[0])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in _ARRAYS}
+
+    def status_names(self) -> list[str]:
+        return [STATUS_NAMES[int(s)] for s in self.status]
+
+    def final_loss(self) -> np.ndarray:
+        """The last finite loss of each seed, shape (S,)."""
+        finite = np.isfinite(self.loss)
+        last = np.where(finite.any(axis=1), finite.shape[1] - 1 - np.argmax(finite[:, ::-1], axis=1), 0)
+        return np.where(finite.any(axis=1), self.loss[np.arange(self.num_seeds), last], np.nan)
+
+    def final_expert_alignment(self) -> np.ndarray:
+        """Expert alignments of the final student, shape (S, m, m*)."""
+        return _cosines(self.student_expert, self.teacher_expert)
+
+    def final_router_alignment(self) -> np.ndarray:
+        """Router alignments of the final student, shape (S, m, m*)."""
+        return _cosines(self.student_router, self.teacher_router)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
+    return np.einsum("sid,sjd->sij", a, b)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that `path` is either absent, old, or complete."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save(result: Result, folder: str | os.PathLike) -> Path:
+    """Write ``config.json`` and ``result.npz`` into `folder` (created if needed).
+
+    ``result.npz`` is written last: its presence marks a complete result.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    header = {"format": FORMAT, "version": VERSION, "config": result.config.to_dict(), "run": result.run}
+    write_atomic(folder / "config.json", (json.dumps(header, indent=2, sort_keys=True) + "\n").encode())
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **result.arrays())
+    write_atomic(folder / "result.npz", buffer.getvalue())
+    return folder
+
+
+def load(folder: str | os.PathLike) -> Result:
+    """Read a result folder written by `save` (or the CLI). Never unpickles.
+
+    **Raises:** `ValueError` with a one-line reason when the folder is missing,
+    foreign, corrupted or inconsistent.
+    """
+    folder = Path(folder)
+    config_path, npz_path = folder / "config.json", folder / "result.npz"
+    if not config_path.is_file() or not npz_path.is_file():
+        raise ValueError(f"{folder} is not a jaxmoe result folder (needs config.json and result.npz)")
+    try:
+        header = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{config_path} is not valid JSON: {err}") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ValueError(f"{config_path} is not a jaxmoe result header (format {FORMAT!r} expected)")
+    if header.get("version") != VERSION:
+        raise ValueError(f"{config_path} has version {header.get('version')!r}; this jaxmoe reads version {VERSION}")
+    config = SimulationConfig.from_dict(header.get("config"))
+    try:
+        with np.load(npz_path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise ValueError(f"{npz_path} cannot be read as an array archive: {err}") from None
+    for name, (ndim, kind) in _ARRAYS.items():
+        if name not in arrays:
+            raise ValueError(f"{npz_path} lacks the array {name!r}")
+        if arrays[name].ndim != ndim or arrays[name].dtype.kind != kind:
+            raise ValueError(f"{npz_path}: array {name!r} has shape {arrays[name].shape} and dtype {arrays[name].dtype}")
+    seeds, times = arrays["loss"].shape
+    if arrays["times"].shape != (times,) or arrays["seed_index"].shape != (seeds,):
+        raise ValueError(f"{npz_path}: arrays disagree on the number of seeds or times")
+    run = header.get("run") if isinstance(header.get("run"), dict) else {}
+    return Result(config=config, run=run, **{name: arrays[name] for name in _ARRAYS})
+
+
+def format_summary(result: Result) -> str:
+    """A per-seed table: final loss, each teacher expert's best student expert, status.
+
+    Columns ``j*`` read ``i:alignment``, the student expert i whose expert
+    vector is best aligned with teacher expert j at the end, and its w̄_i·w̄*_j.
+    """
+    index, value = best_match(result.final_expert_alignment())  # (S, m*)
+    final = result.final_loss()
+    m_star = index.shape[1]
+    head = ["seed", "final loss", *[f"{j + 1}*" for j in range(m_star)], "t_final", "status"]
+    rows = []
+    for s in range(result.num_seeds):
+        cells = [f"{index[s, j]:d}:{value[s, j]:+.3f}" for j in range(m_star)]
+        rows.append(
+            [str(result.seed_index[s]), f"{final[s]:.3e}", *cells, f"{result.t_final[s]:.4g}", result.status_names()[s]]
+        )
+    widths = [max(len(h), *(len(r[c]) for r in rows)) for c, h in enumerate(head)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
