@@ -42,6 +42,8 @@ def _add_problem_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gate", default=_DEFAULTS.gate, help=f"router activation: {', '.join(sorted(ACTIVATIONS))} (default %(default)s)")
     g.add_argument("--expert", default=_DEFAULTS.expert, help=f"expert polynomial: {', '.join(sorted(EXPERTS))} (default %(default)s)")
     g.add_argument("--teacher", default=_DEFAULTS.teacher, help=f"teacher frame: {', '.join(TEACHERS)} (default %(default)s)")
+    g.add_argument("--full", dest="mode", action="store_const", const="full", default=_DEFAULTS.mode,
+                   help="simulate in all d coordinates instead of the exact reduced 2(m + m*) (slower; same law)")
     g = p.add_argument_group("seeds")
     g.add_argument("--seeds", type=int, default=_DEFAULTS.seeds, help="number of seeds (default %(default)s)")
     g.add_argument("--base-seed", type=int, default=_DEFAULTS.base_seed, help="seed k uses fold_in(PRNGKey(base_seed), k) (default %(default)s)")
@@ -54,7 +56,8 @@ def _add_problem_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--atol", type=float, default=_DEFAULTS.atol, help="absolute tolerance (default %(default)s)")
     g.add_argument("--dt", type=float, default=None, help="fixed step (solver rk4 only)")
     g.add_argument("--max-steps", type=int, default=_DEFAULTS.max_steps, help="step limit per seed (default %(default)s)")
-    g.add_argument("--loss-threshold", type=float, default=_DEFAULTS.loss_threshold, help="stop a seed once its loss is below this")
+    g.add_argument("--loss-threshold", type=float, default=_DEFAULTS.loss_threshold, help="stop a seed once its loss is below this (default %(default)s)")
+    g.add_argument("--no-early-stop", dest="loss_threshold", action="store_const", const=None, help="integrate every seed to t_max")
     precision = g.add_mutually_exclusive_group()
     precision.add_argument("--float64", dest="dtype", action="store_const", const="float64", help="double precision (default)")
     precision.add_argument("--float32", dest="dtype", action="store_const", const="float32", help="single precision")
@@ -69,6 +72,7 @@ def _config_from_args(args) -> SimulationConfig:
         gate=args.gate,
         expert=args.expert,
         teacher=args.teacher,
+        mode=args.mode,
         seeds=args.seeds,
         base_seed=args.base_seed,
         t_max=args.t_max,
@@ -140,11 +144,13 @@ def _simulate(args) -> int:
     if config.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     from .flow import simulate
+    from .init import uses_reduced
     from .plot import save_figures
     from .results import format_summary, save, write_atomic
 
     print(
         f"jaxmoe simulate: d = {config.d}, m = {config.m}, m* = {config.m_star}, {config.seeds} seeds, "
+        f"{'reduced' if uses_reduced(config) else 'full'} coordinates, "
         f"t_max = {config.t_max:g}, {config.solver} rtol = {config.rtol:g} atol = {config.atol:g}, "
         f"{config.dtype} on {jax.devices()[0].device_kind}",
         flush=True,

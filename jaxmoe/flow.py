@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import SimulationConfig
-from .init import init_problem
+from .init import init_problem, uses_reduced
 from .model import MoE
 from .observables import observe
 from .population import population_loss
@@ -287,6 +287,8 @@ def simulate(
         student_expert=host["expert"],
         run={
             "method": "gradient_flow",
+            "mode": "reduced" if initial is None and uses_reduced(config) else ("full" if initial is None else "given"),
+            "coordinates": int(host["router"].shape[-1]),
             "wall_time_s": wall,
             "d": config.d,
             "jax": jax.__version__,

@@ -14,7 +14,16 @@ from jaxtyping import PRNGKeyArray
 from .hermite import Activation, HermiteExpert
 from .model import MoE, unit
 
-__all__ = ["init_teacher", "init_student", "orthogonalise_router", "seed_key", "init_problem"]
+__all__ = [
+    "init_teacher",
+    "init_student",
+    "init_reduced",
+    "orthogonalise_router",
+    "seed_key",
+    "init_problem",
+    "reduced_dimension",
+    "uses_reduced",
+]
 
 
 def _check_sizes(m: int, d: int, what: str) -> None:
@@ -93,19 +102,92 @@ def seed_key(base_seed: int, index) -> PRNGKeyArray:
     return jax.random.fold_in(jax.random.PRNGKey(base_seed), index)
 
 
+def reduced_dimension(m: int, m_star: int) -> int:
+    """Coordinates of the reduced simulation: the span of the teacher's 2m*
+    vectors and the student's 2m initial vectors."""
+    return 2 * (m + m_star)
+
+
+def uses_reduced(config) -> bool:
+    """Whether `config` runs in reduced coordinates (mode "reduced" and d large enough)."""
+    return config.mode == "reduced" and config.d > reduced_dimension(config.m, config.m_star)
+
+
+def init_reduced(
+    m: int,
+    m_star: int,
+    d: int,
+    *,
+    key: PRNGKeyArray,
+    gate: str | Activation = "sigmoid",
+    expert_fn: str | HermiteExpert = "he3",
+    dtype=None,
+) -> tuple[MoE, MoE]:
+    """Teacher and student in k = 2(m + m*) coordinates, with the exact law of d dimensions.
+
+    The data law is rotation invariant and the population loss depends only on
+    inner products, so gradient flow keeps every vector in the span of the
+    teacher and the initial student; its coordinates in an orthonormal basis
+    of that span evolve exactly as the d-dimensional flow (DESIGN §3). Their
+    initial law is sampled without any d-vector:
+
+    - the teacher sits on the first 2m* axes (routers, then experts);
+    - each raw student vector (v̂_1 … v̂_m, w_1 … w_m, all N(0, I_d/d)) has
+      teacher-span coordinates iid N(0, 1/d);
+    - their parts orthogonal to the teacher span form a 2m × (d − 2m*)
+      Gaussian matrix G with ``G Gᵀ ~ Wishart(d − 2m*, I/d)``. Writing
+      ``G = L Q`` with Q orthonormal rows, L is lower triangular with the
+      Bartlett law: ``L_ii = √(χ²_{d−2m*−i+1} / d)`` (i from 1), ``L_ij ~ N(0, 1/d)``
+      below the diagonal, all independent; L holds the coordinates in Q's basis;
+    - each router is then orthogonalised against its own expert, as in d
+      dimensions.
+
+    Nothing allocated grows with d, so d = 10⁹ costs what d = 10³ does.
+
+    **Returns:** ``(teacher, student)`` with arrays ``(m*, k)`` and ``(m, k)``.
+    """
+    _check_sizes(m, d, "m")
+    _check_sizes(m_star, d, "m_star")
+    k = reduced_dimension(m, m_star)
+    if d <= k:
+        raise ValueError(f"reduced coordinates need d > 2(m + m*) = {k}; got d = {d} (use the full mode)")
+    dtype = dtype or jnp.zeros(()).dtype
+    key_span, key_lower, key_chi = jax.random.split(key, 3)
+    teacher = init_teacher(m_star, k, gate=gate, expert_fn=expert_fn, dtype=dtype)
+    scale = 1.0 / jnp.sqrt(jnp.asarray(d, dtype))
+    n = 2 * m
+    span = scale * jax.random.normal(key_span, (n, 2 * m_star), dtype)
+    lower = jnp.tril(scale * jax.random.normal(key_lower, (n, n), dtype), k=-1)
+    dof = (d - 2 * m_star) - jnp.arange(n, dtype=dtype)  # d − 2m* − i + 1 for i = 1 … 2m
+    chi2 = 2.0 * jax.random.gamma(key_chi, dof / 2.0, dtype=dtype)
+    lower = lower + jnp.diag(jnp.sqrt(chi2) * scale)
+    raw = jnp.concatenate([span, lower], axis=1)  # (2m, k)
+    router, expert = raw[:m], raw[m:]
+    return teacher, MoE(orthogonalise_router(router, expert), expert, gate, expert_fn)
+
+
 def init_problem(config, seed_index) -> tuple[MoE, MoE]:
     """Teacher and initial student of each seed, batched over `seed_index`.
 
+    In reduced mode (when d > 2(m + m*)) they are drawn by `init_reduced` in
+    2(m + m*) coordinates, otherwise in d dimensions.
+
     **Arguments:**
 
-    - `config`: a `SimulationConfig` (d, m, m_star, gate, expert, teacher).
+    - `config`: a `SimulationConfig` (d, m, m_star, gate, expert, teacher, mode).
     - `seed_index`: integer array of shape (S,).
 
     **Returns:** ``(teacher, student)``, `MoE` models whose arrays have a leading
-    seed axis: ``(S, m*, d)`` and ``(S, m, d)``.
+    seed axis: ``(S, m*, D)`` and ``(S, m, D)``, D = 2(m + m*) or d.
     """
+    reduced = uses_reduced(config)
 
     def one(index):
+        if reduced:
+            return init_reduced(
+                config.m, config.m_star, config.d, key=seed_key(config.base_seed, index),
+                gate=config.gate, expert_fn=config.expert,
+            )
         key_teacher, key_student = jax.random.split(seed_key(config.base_seed, index))
         teacher = init_teacher(
             config.m_star,

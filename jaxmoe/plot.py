@@ -37,6 +37,17 @@ def _colors(n):
     return [cmap(j % cmap.N) for j in range(n)]
 
 
+def _time_axis(ax, result: Result, t_end: float | None = None) -> None:
+    """Log time for log grids (t = 0 is then left off), linear otherwise;
+    the axis ends where the plotted seeds stopped."""
+    t_end = float(np.nanmax(result.t_final)) if t_end is None else t_end
+    if result.config.time_grid == "log":
+        ax.set_xscale("log")
+        ax.set_xlim(result.times[1], t_end)
+    else:
+        ax.set_xlim(0.0, t_end)
+
+
 def plot_alignments(result: Result, seed: int = 0, ax=None):
     """Router and expert alignments of one seed against time (two panels).
 
@@ -65,6 +76,7 @@ def plot_alignments(result: Result, seed: int = 0, ax=None):
         panel.set_xlabel("gradient-flow time t")
         panel.axhline(0.0, color="k", lw=0.5)
         panel.set_ylim(-1.05, 1.05)
+        _time_axis(panel, result, float(result.t_final[seed]))
         panel.grid(alpha=0.3)
     ax[1].legend(fontsize=7, loc="lower right")
     config = result.config
@@ -85,6 +97,7 @@ def plot_loss(result: Result, ax=None):
     for s in range(result.num_seeds):
         ax.plot(result.times, result.loss[s], lw=1.0, label=f"seed {result.seed_index[s]}")
     ax.set_yscale("log")
+    _time_axis(ax, result)
     ax.set_xlabel("gradient-flow time t")
     ax.set_ylabel("population loss L")
     ax.grid(alpha=0.3, which="both")
