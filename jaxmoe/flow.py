@@ -70,7 +70,6 @@ class _Spec(NamedTuple):
     atol: float
     dt: float | None
     max_steps: int
-    dtmin: float
     progress: bool
 
 
@@ -100,13 +99,15 @@ def _status_code(result) -> jax.Array:
 def _compiled_solve(spec: _Spec):
     """One jitted, seed-vmapped solve per static specification."""
     solver = _RK4() if spec.solver == "rk4" else _SOLVERS[spec.solver]()
-    if spec.dt is not None and spec.solver == "rk4":
-        controller = diffrax.ConstantStepSize()
-    else:
+
+    def controller(t_max):
+        if spec.solver == "rk4":
+            return diffrax.ConstantStepSize()
         # A non-finite trial step is rejected and the step shrunk; dtmin turns
         # that collapse into a prompt stop instead of spinning to max_steps.
-        controller = diffrax.PIDController(
-            rtol=spec.rtol, atol=spec.atol, pcoeff=0.3, icoeff=0.3, dtmin=spec.dtmin
+        # (Traced, not static, so that one compiled solve serves every t_max.)
+        return diffrax.PIDController(
+            rtol=spec.rtol, atol=spec.atol, pcoeff=0.3, icoeff=0.3, dtmin=1e-12 * t_max
         )
 
     def field(t, y, teacher):
@@ -137,7 +138,7 @@ def _compiled_solve(spec: _Spec):
             y0=(router0, expert0),
             args=teacher,
             saveat=saveat,
-            stepsize_controller=controller,
+            stepsize_controller=controller(times[-1]),
             max_steps=spec.max_steps,
             event=event,
             throw=False,
@@ -244,7 +245,6 @@ def simulate(
         atol=config.atol,
         dt=config.dt,
         max_steps=config.max_steps,
-        dtmin=1e-12 * config.t_max,
         progress=progress,
     )
     start = time.perf_counter()

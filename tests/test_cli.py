@@ -1,0 +1,79 @@
+"""The `jaxmoe` command: a small end-to-end run, and one-line errors with exit code 2."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import jaxmoe
+from jaxmoe.cli import main
+
+TINY = ["simulate", "--d", "12", "--m", "3", "--m-star", "2", "--seeds", "2", "--t-max", "5",
+        "--num-times", "6", "--quiet", "--figure-seeds", "1"]
+
+
+def test_simulate_writes_a_complete_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(TINY + ["--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "final loss" in printed and "status" in printed
+    for name in ("config.json", "result.npz", "summary.txt", "summary.csv", "loss.png", "alignment_seed0.png"):
+        assert (out / name).is_file(), name
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+    result = jaxmoe.load(out)
+    assert result.config.d == 12 and result.config.m == 3 and result.config.seeds == 2
+    assert result.loss.shape == (2, 6)
+    assert result.status_names() == ["success", "success"]
+    header = json.loads((out / "config.json").read_text())
+    assert header["format"] == "jaxmoe.result" and header["run"]["method"] == "gradient_flow"
+    # The same configuration from Python gives the same numbers.
+    again = jaxmoe.simulate(result.config)
+    np.testing.assert_allclose(again.loss, result.loss, rtol=1e-12)
+    # A second run into the same folder is refused unless asked for.
+    assert main(TINY + ["--out", str(out)]) == 2
+    assert "already holds a result" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--d", "0"], "d must be an integer ≥ 1"),
+        (["--m=-3"], "m must be an integer ≥ 1"),
+        (["--seeds", "0"], "seeds must be an integer ≥ 1"),
+        (["--d", "4", "--m-star", "3"], "2·m_star ≤ d"),
+        (["--rtol", "nan"], "rtol must be a finite number > 0"),
+        (["--atol=-1e-9"], "atol must be a finite number > 0"),
+        (["--t-max", "inf"], "t_max must be a finite number > 0"),
+        (["--gate", "relu"], "unknown gate 'relu'; allowed: erf, sigmoid"),
+        (["--expert", "he7"], "unknown expert 'he7'; allowed: he1, he2, he3, he4"),
+        (["--solver", "euler"], "unknown solver 'euler'; allowed:"),
+        (["--d", "ten"], "invalid int value: 'ten'"),
+        (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(flags, fragment, capsys):
+    assert main(["simulate", *flags]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("jaxmoe: error: ")
+    assert fragment in lines[0]
+    assert captured.out == ""
+
+
+def test_no_command_is_an_error(capsys):
+    assert main([]) == 2
+    assert "a command is required" in capsys.readouterr().err
+
+
+def test_console_script_has_no_traceback(tmp_path):
+    """The installed command (or `python -m jaxmoe`) reports bad input without a traceback."""
+    command = [shutil.which("jaxmoe")] if shutil.which("jaxmoe") else [sys.executable, "-m", "jaxmoe"]
+    done = subprocess.run(command + ["simulate", "--m-star", "0"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip() == "jaxmoe: error: m_star must be an integer ≥ 1; got 0"
