@@ -27,7 +27,9 @@ from .population import (
 __version__ = "0.1.0"
 
 from . import observables
-from .config import SimulationConfig
-from .flow import simulate, time_grid
+from .config import METHODS, OPTIMIZERS, SimulationConfig
+from .flow import time_grid
+from .simulation import simulate
+from .discrete import make_optimizer
 from .observables import alignment, best_match, observe
 from .results import STATUS_NAMES, Result, format_summary, load, save

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import DTYPES, SOLVERS, TEACHERS, TIME_GRIDS, SimulationConfig
+from .config import DTYPES, METHODS, OPTIMIZERS, SOLVERS, TEACHERS, TIME_GRIDS, SimulationConfig
 from .hermite import ACTIVATIONS, EXPERTS
 
 __all__ = ["main"]
@@ -58,6 +58,13 @@ def _add_problem_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-steps", type=int, default=_DEFAULTS.max_steps, help="step limit per seed (default %(default)s)")
     g.add_argument("--loss-threshold", type=float, default=_DEFAULTS.loss_threshold, help="stop a seed once its loss is below this (default %(default)s)")
     g.add_argument("--no-early-stop", dest="loss_threshold", action="store_const", const=None, help="integrate every seed to t_max")
+    g = p.add_argument_group("training method (discrete methods report at t = steps × learning rate)")
+    g.add_argument("--method", default=_DEFAULTS.method, help=f"{', '.join(METHODS)} (default %(default)s)")
+    g.add_argument("--optimizer", default=_DEFAULTS.optimizer, help=f"{', '.join(OPTIMIZERS)} (default %(default)s)")
+    g.add_argument("--learning-rate", "--lr", type=float, default=_DEFAULTS.learning_rate, help="step size η (default %(default)s)")
+    g.add_argument("--momentum", type=float, default=_DEFAULTS.momentum, help="for momentum and nesterov (default %(default)s)")
+    g.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="inputs per step for online and minibatch training (default %(default)s)")
+    g.add_argument("--num-samples", type=int, default=_DEFAULTS.num_samples, help="training-set size n for --method dataset")
     precision = g.add_mutually_exclusive_group()
     precision.add_argument("--float64", dest="dtype", action="store_const", const="float64", help="double precision (default)")
     precision.add_argument("--float32", dest="dtype", action="store_const", const="float32", help="single precision")
@@ -85,6 +92,12 @@ def _config_from_args(args) -> SimulationConfig:
         max_steps=args.max_steps,
         loss_threshold=args.loss_threshold,
         dtype=args.dtype,
+        method=args.method,
+        optimizer=args.optimizer,
+        learning_rate=args.learning_rate,
+        momentum=args.momentum,
+        batch_size=args.batch_size,
+        num_samples=args.num_samples,
     )
 
 
@@ -143,19 +156,26 @@ def _simulate(args) -> int:
 
     if config.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
-    from .flow import simulate
+    from .simulation import simulate
     from .init import uses_reduced
     from .plot import save_figures
     from .results import format_summary, save, write_atomic
 
+    if config.method == "flow":
+        how = f"gradient flow, {config.solver} rtol = {config.rtol:g} atol = {config.atol:g}"
+    else:
+        how = f"{config.method} {config.optimizer} η = {config.learning_rate:g}"
+        if config.method != "optax":
+            how += f" B = {config.batch_size}"
+        if config.method == "dataset":
+            how += f" n = {config.num_samples}"
     print(
         f"jaxmoe simulate: d = {config.d}, m = {config.m}, m* = {config.m_star}, {config.seeds} seeds, "
-        f"{'reduced' if uses_reduced(config) else 'full'} coordinates, "
-        f"t_max = {config.t_max:g}, {config.solver} rtol = {config.rtol:g} atol = {config.atol:g}, "
+        f"{'reduced' if uses_reduced(config) else 'full'} coordinates, t_max = {config.t_max:g}, {how}, "
         f"{config.dtype} on {jax.devices()[0].device_kind}",
         flush=True,
     )
-    print("compiling and integrating (the bar follows the slowest seed) ...", flush=True)
+    print("compiling and running (the bar follows the slowest seed) ...", flush=True)
     start = time.perf_counter()
     result = simulate(config, progress=not args.quiet)
     elapsed = time.perf_counter() - start

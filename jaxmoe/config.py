@@ -13,13 +13,19 @@ from typing import Any, Literal
 
 from .hermite import ACTIVATIONS, EXPERTS
 
-__all__ = ["SimulationConfig", "SOLVERS", "TIME_GRIDS", "TEACHERS", "MODES", "DTYPES"]
+__all__ = ["SimulationConfig", "SOLVERS", "TIME_GRIDS", "TEACHERS", "MODES", "DTYPES", "METHODS", "OPTIMIZERS"]
 
 SOLVERS = ("tsit5", "dopri5", "dopri8", "heun", "rk4")
 TIME_GRIDS = ("log", "linear")
 TEACHERS = ("random", "axis")
 MODES = ("reduced", "full")
 DTYPES = ("float64", "float32")
+METHODS = ("flow", "optax", "online", "dataset")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop")
+# Optimisers whose update commutes with rotations of the coordinates: they can
+# run in the reduced coordinates. Adam and RMSprop scale each coordinate on
+# its own, so they need the d coordinates of the actual parameter vectors.
+ROTATION_EQUIVARIANT = ("sgd", "momentum", "nesterov")
 
 
 def _is_int(x) -> bool:
@@ -66,6 +72,19 @@ class SimulationConfig:
       each seed at L < 1e-6 or t = 1000, by when every seed has recovered
       all teacher experts.
     - `dtype`: ``"float64"`` (default) or ``"float32"``.
+
+    **Method** (DESIGN §4: every method reports on the gradient-flow time axis):
+
+    - `method`: ``"flow"`` (gradient flow, the default); ``"optax"`` (an optax
+      `optimizer` on the exact population loss); ``"online"`` (online SGD:
+      every step a fresh batch of `batch_size` Gaussian inputs in d
+      dimensions, the paper's method); ``"dataset"`` (a fixed training set of
+      `num_samples` inputs, full-batch when `batch_size` ≥ `num_samples`,
+      else minibatches).
+    - `optimizer`: ``"sgd"``, ``"momentum"``, ``"nesterov"`` (with
+      `momentum`), ``"adam"``, ``"rmsprop"``; used by the discrete methods
+      (online and dataset training use it too). `learning_rate` η: step k
+      sits at time t = k·η.
     """
 
     d: int = 1000
@@ -88,6 +107,12 @@ class SimulationConfig:
     max_steps: int = 200_000
     loss_threshold: float | None = 1e-6
     dtype: Literal["float64", "float32"] = "float64"
+    method: Literal["flow", "optax", "online", "dataset"] = "flow"
+    optimizer: str = "sgd"
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    batch_size: int = 256
+    num_samples: int | None = None
 
     def __post_init__(self):
         for name in ("d", "m", "m_star", "seeds", "num_times", "max_steps"):
@@ -126,6 +151,24 @@ class SimulationConfig:
                 raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
         if self.solver == "rk4" and self.dt is None:
             raise ValueError("solver 'rk4' takes a fixed step: set dt > 0")
+        for name, value in (("method", self.method), ("optimizer", self.optimizer)):
+            allowed = METHODS if name == "method" else OPTIMIZERS
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+        if not _is_real(self.learning_rate) or not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be a finite number > 0; got {self.learning_rate!r}")
+        if not _is_real(self.momentum) or not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1); got {self.momentum!r}")
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an integer ≥ 1; got {self.batch_size!r}")
+        if self.num_samples is not None and (not _is_int(self.num_samples) or self.num_samples < 1):
+            raise ValueError(f"num_samples must be an integer ≥ 1; got {self.num_samples!r}")
+        if self.method == "dataset" and self.num_samples is None:
+            raise ValueError("method 'dataset' needs num_samples, the size of the training set")
+        if self.method != "flow" and self.t_max / self.learning_rate > 1e8:
+            raise ValueError(
+                f"t_max / learning_rate = {self.t_max / self.learning_rate:.3g} steps; at most 1e8 are allowed"
+            )
         if self.dt is not None and self.dt > self.t_max:
             raise ValueError(f"dt must not exceed t_max; got dt = {self.dt}, t_max = {self.t_max}")
 

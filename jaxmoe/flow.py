@@ -10,16 +10,15 @@ The whole simulation, top to bottom:
 4. only the observables (`observables.py`) are saved, at the requested times,
    plus each seed's initial and final student so the run can be replayed.
 
+`jaxmoe.simulate` (simulate.py) draws the seeds and calls `integrate`.
 A seed that hits the step limit or becomes non-finite is flagged in
-`Result.status`; the other seeds are unaffected (each lane of the vmapped
+`Result.status` (see `jaxmoe.results.STATUS_NAMES`); the other seeds are unaffected (each lane of the vmapped
 solve keeps its own step size and stops on its own).
 """
 
 from __future__ import annotations
 
 import functools
-import platform
-import time
 from typing import NamedTuple
 
 import diffrax
@@ -29,13 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import SimulationConfig
-from .init import init_problem, uses_reduced
 from .model import MoE
 from .observables import observe
 from .population import population_loss
-from .results import STATUS_NAMES, Result
 
-__all__ = ["simulate", "time_grid", "vector_field"]
+__all__ = ["integrate", "time_grid", "vector_field"]
 
 _SOLVERS = {
     "tsit5": diffrax.Tsit5,
@@ -167,71 +164,13 @@ def _compiled_solve(spec: _Spec):
     return jax.jit(batched)
 
 
-def _num_seeds(initial, config) -> int:
-    if not (isinstance(initial, tuple) and len(initial) == 2 and all(isinstance(x, MoE) for x in initial)):
-        raise TypeError("initial must be a tuple (teacher, student) of jaxmoe.MoE")
-    if initial[1].router.ndim != 3:
-        raise ValueError("initial models need a leading seed axis: shapes (S, m*, D) and (S, m, D)")
-    return initial[1].router.shape[0]
+def integrate(config: SimulationConfig, teacher: MoE, student: MoE, times: np.ndarray, *, progress: bool = False) -> dict:
+    """Gradient flow of a batch of seeds (models with a leading seed axis).
 
-
-def _check_initial(initial, config: SimulationConfig, num_seeds: int) -> tuple[MoE, MoE]:
-    teacher, student = initial
-    _num_seeds(initial, config)
-    dim = student.router.shape[-1]
-    expected = {"teacher": (num_seeds, config.m_star, dim), "student": (num_seeds, config.m, dim)}
-    for name, model in (("teacher", teacher), ("student", student)):
-        if model.router.shape != expected[name]:
-            raise ValueError(f"initial {name} must have shape {expected[name]}; got {model.router.shape}")
-        if model.gate.name != config.gate or model.expert_fn.name != config.expert:
-            raise ValueError(
-                f"initial {name} uses gate {model.gate.name!r} and expert {model.expert_fn.name!r}; "
-                f"the configuration says {config.gate!r} and {config.expert!r}"
-            )
-    return teacher, student
-
-
-def simulate(
-    config: SimulationConfig | None = None,
-    /,
-    *,
-    seed_index=None,
-    initial: tuple[MoE, MoE] | None = None,
-    progress: bool = False,
-    **changes,
-) -> Result:
-    """Integrate the gradient flow ``dθ/dt = −∇L(θ)`` for a batch of seeds.
-
-    **Arguments:**
-
-    - `config`: a `SimulationConfig`; defaults to the paper's Figure 1 setting.
-    - `seed_index`: which seeds to run (default ``range(config.seeds)``). Seed
-      k gives the same trajectory alone or in any batch.
-    - `initial`: optional ``(teacher, student)`` with a leading seed axis,
-      ``(S, m*, D)`` and ``(S, m, D)``, to start from instead of drawing them
-      from the seeds' keys — e.g. to replay a saved run, or to start from a
-      hand-made configuration. `seed_index` then only labels the seeds.
-    - `progress`: show a progress bar (tracks the slowest seed).
-    - `**changes`: fields of `SimulationConfig` to override, e.g. ``d=200``.
-
-    **Returns:** a `Result` of NumPy arrays (see `jaxmoe.results.Result`).
-
-    Example::
-
-        result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=3, t_max=200.0)
-        print(jaxmoe.format_summary(result))
+    **Returns:** a dict with the saved observables (``loss``, alignments; each
+    (S, T, …)), the final ``router`` and ``expert``, and per seed ``t_final``,
+    ``num_steps`` and ``status`` (an index into `STATUS_NAMES`).
     """
-    if config is None:
-        config = SimulationConfig()
-    if not isinstance(config, SimulationConfig):
-        raise TypeError(f"config must be a SimulationConfig; got {type(config).__name__}")
-    config = config.replace(**changes) if changes else config
-    if seed_index is None:
-        seed_index = np.arange(config.seeds if initial is None else _num_seeds(initial, config))
-    seed_index = np.asarray(seed_index)
-    if seed_index.ndim != 1 or seed_index.size < 1 or seed_index.dtype.kind not in "iu" or np.any(seed_index < 0):
-        raise ValueError("seed_index must be a non-empty 1-D array of non-negative integers")
-    times = time_grid(config)
     if config.solver == "rk4" and config.max_steps < np.ceil(config.t_max / config.dt):
         raise ValueError(
             f"rk4 with dt = {config.dt} needs {int(np.ceil(config.t_max / config.dt))} steps; "
@@ -247,52 +186,12 @@ def simulate(
         max_steps=config.max_steps,
         progress=progress,
     )
-    start = time.perf_counter()
-    with jax.enable_x64(config.dtype == "float64"):
-        dtype = jnp.dtype(config.dtype)
-        if initial is None:
-            teacher, student = init_problem(config, seed_index.astype(np.int32))
-        else:
-            teacher, student = _check_initial(initial, config, seed_index.size)
-        # Without a threshold the stopping event still catches non-finite seeds.
-        threshold = jnp.asarray(config.loss_threshold or -1.0, dtype)
-        saved, router, expert, t_final, num_steps, status = _compiled_solve(spec)(
-            student.router.astype(dtype),
-            student.expert.astype(dtype),
-            teacher.router.astype(dtype),
-            teacher.expert.astype(dtype),
-            jnp.asarray(times, dtype),
-            threshold,
-        )
-        host = jax.device_get(
-            dict(saved=saved, router=router, expert=expert, t_final=t_final, num_steps=num_steps, status=status,
-                 student=student, teacher=teacher)
-        )
-    wall = time.perf_counter() - start
-    return Result(
-        config=config,
-        times=times.astype(config.dtype),
-        seed_index=seed_index.astype(np.int64),
-        loss=host["saved"]["loss"],
-        expert_alignment=host["saved"]["expert_alignment"],
-        router_alignment=host["saved"]["router_alignment"],
-        status=host["status"].astype(np.int8),
-        t_final=host["t_final"],
-        num_steps=host["num_steps"].astype(np.int64),
-        student_router0=host["student"].router,
-        student_expert0=host["student"].expert,
-        teacher_router=host["teacher"].router,
-        teacher_expert=host["teacher"].expert,
-        student_router=host["router"],
-        student_expert=host["expert"],
-        run={
-            "method": "gradient_flow",
-            "mode": "reduced" if initial is None and uses_reduced(config) else ("full" if initial is None else "given"),
-            "coordinates": int(host["router"].shape[-1]),
-            "wall_time_s": wall,
-            "d": config.d,
-            "jax": jax.__version__,
-            "device": jax.devices()[0].device_kind,
-            "python": platform.python_version(),
-        },
+    dtype = student.router.dtype
+    # Without a threshold the stopping event still catches non-finite seeds.
+    threshold = jnp.asarray(config.loss_threshold or -1.0, dtype)
+    saved, router, expert, t_final, num_steps, status = _compiled_solve(spec)(
+        student.router, student.expert, teacher.router, teacher.expert, jnp.asarray(times, dtype), threshold
+    )
+    return jax.device_get(
+        dict(saved=saved, router=router, expert=expert, t_final=t_final, num_steps=num_steps, status=status)
     )

@@ -109,8 +109,25 @@ def reduced_dimension(m: int, m_star: int) -> int:
 
 
 def uses_reduced(config) -> bool:
-    """Whether `config` runs in reduced coordinates (mode "reduced" and d large enough)."""
-    return config.mode == "reduced" and config.d > reduced_dimension(config.m, config.m_star)
+    """Whether `config` runs in reduced coordinates.
+
+    Needs mode "reduced", d > 2(m + m*), and a method whose dynamics stay in
+    the span of the teacher and the initial student: the gradient flow, or an
+    optimiser that commutes with rotations (SGD, momentum) on the exact loss.
+    Online SGD and finite training sets add a new direction with every sample,
+    and Adam's per-coordinate scaling depends on the basis: those run in d
+    coordinates, from the d-dimensional initialisation of the same seed.
+    """
+    from .config import ROTATION_EQUIVARIANT
+
+    span_preserving = config.method == "flow" or (
+        config.method == "optax" and config.optimizer in ROTATION_EQUIVARIANT
+    )
+    return (
+        config.mode == "reduced"
+        and span_preserving
+        and config.d > reduced_dimension(config.m, config.m_star)
+    )
 
 
 def init_reduced(

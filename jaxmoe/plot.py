@@ -37,6 +37,12 @@ def _colors(n):
     return [cmap(j % cmap.N) for j in range(n)]
 
 
+def _time_label(result: Result) -> str:
+    if result.config.method == "flow":
+        return "gradient-flow time t"
+    return f"time t = steps × η (η = {result.config.learning_rate:g})"
+
+
 def _time_axis(ax, result: Result, t_end: float | None = None) -> None:
     """Log time for log grids (t = 0 is then left off), linear otherwise;
     the axis ends where the plotted seeds stopped."""
@@ -73,16 +79,17 @@ def plot_alignments(result: Result, seed: int = 0, ax=None):
             panel.plot(t, values[:, :, j], color=color, lw=0.4, alpha=0.25)
             panel.plot(t, values[:, best[j], j], color=color, lw=2.0, label=f"teacher {j + 1}, student {best[j]}")
         panel.set_title(title)
-        panel.set_xlabel("gradient-flow time t")
+        panel.set_xlabel(_time_label(result))
         panel.axhline(0.0, color="k", lw=0.5)
         panel.set_ylim(-1.05, 1.05)
         _time_axis(panel, result, float(result.t_final[seed]))
         panel.grid(alpha=0.3)
     ax[1].legend(fontsize=7, loc="lower right")
     config = result.config
+    method = "gradient flow" if config.method == "flow" else f"{config.method} {config.optimizer}"
     fig.suptitle(
         f"seed {result.seed_index[seed]}: d = {config.d}, m = {config.m}, m* = {config.m_star}, "
-        f"{config.gate} router, {config.expert} expert"
+        f"{config.gate} router, {config.expert} expert, {method}"
     )
     return fig
 
@@ -95,10 +102,14 @@ def plot_loss(result: Result, ax=None):
     else:
         fig = ax.figure
     for s in range(result.num_seeds):
-        ax.plot(result.times, result.loss[s], lw=1.0, label=f"seed {result.seed_index[s]}")
+        line, = ax.plot(result.times, result.loss[s], lw=1.0, label=f"seed {result.seed_index[s]}")
+        if result.train_loss is not None:
+            ax.plot(result.times, result.train_loss[s], lw=1.0, ls="--", color=line.get_color())
+    if result.train_loss is not None:
+        ax.set_title("population loss (solid), training loss (dashed)", fontsize=9)
     ax.set_yscale("log")
     _time_axis(ax, result)
-    ax.set_xlabel("gradient-flow time t")
+    ax.set_xlabel(_time_label(result))
     ax.set_ylabel("population loss L")
     ax.grid(alpha=0.3, which="both")
     if result.num_seeds <= 10:

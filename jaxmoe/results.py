@@ -77,6 +77,7 @@ class Result:
       `teacher_expert` (S, m*, D): the initial student and the teacher, so any
       run can be replayed; `student_router`, `student_expert` (S, m, D): the
       student at `t_final`.
+    - `train_loss` (S, T) or None: the training-set loss (method "dataset").
     - `config`: the `SimulationConfig`; `run`: facts about the run.
     """
 
@@ -96,13 +97,17 @@ class Result:
     student_router: np.ndarray
     student_expert: np.ndarray
     run: dict[str, Any] = dataclasses.field(default_factory=dict)
+    train_loss: np.ndarray | None = None
 
     @property
     def num_seeds(self) -> int:
         return int(self.loss.shape[0])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {name: getattr(self, name) for name in _ARRAYS}
+        out = {name: getattr(self, name) for name in _ARRAYS}
+        if self.train_loss is not None:
+            out["train_loss"] = self.train_loss
+        return out
 
     def status_names(self) -> list[str]:
         return [STATUS_NAMES[int(s)] for s in self.status]
@@ -191,8 +196,11 @@ def load(folder: str | os.PathLike) -> Result:
     seeds, times = arrays["loss"].shape
     if arrays["times"].shape != (times,) or arrays["seed_index"].shape != (seeds,):
         raise ValueError(f"{npz_path}: arrays disagree on the number of seeds or times")
+    train_loss = arrays.get("train_loss")
+    if train_loss is not None and train_loss.shape != (seeds, times):
+        raise ValueError(f"{npz_path}: train_loss has shape {train_loss.shape}; expected {(seeds, times)}")
     run = header.get("run") if isinstance(header.get("run"), dict) else {}
-    return Result(config=config, run=run, **{name: arrays[name] for name in _ARRAYS})
+    return Result(config=config, run=run, train_loss=train_loss, **{name: arrays[name] for name in _ARRAYS})
 
 
 def format_summary(result: Result) -> str:
