@@ -29,7 +29,7 @@ def test_simulate_writes_a_complete_folder(tmp_path, capsys):
     assert result.loss.shape == (2, 6)
     assert result.status_names() == ["success", "success"]
     header = json.loads((out / "config.json").read_text())
-    assert header["format"] == "jaxmoe.result" and header["run"]["method"] == "gradient_flow"
+    assert header["format"] == "jaxmoe.result" and header["run"]["method"] == "flow"
     # The same configuration from Python gives the same numbers.
     again = jaxmoe.simulate(result.config)
     np.testing.assert_allclose(again.loss, result.loss, rtol=1e-12)

@@ -25,7 +25,7 @@ def test_round_trip(result, tmp_path):
     for name, array in result.arrays().items():
         np.testing.assert_array_equal(getattr(loaded, name), array)
         assert getattr(loaded, name).dtype == array.dtype
-    assert loaded.run["method"] == "gradient_flow"
+    assert loaded.run["method"] == "flow"
     table = jaxmoe.format_summary(loaded)
     assert len(table.splitlines()) == 1 + CONFIG.seeds
 
