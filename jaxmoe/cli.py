@@ -116,7 +116,40 @@ def _parser() -> _Parser:
     sim.add_argument("--overwrite", action="store_true", help="replace a result already in --out")
     sim.add_argument("--figure-seeds", type=int, default=4, help="alignment figures for this many seeds (default %(default)s)")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    cmp = sub.add_parser(
+        "compare",
+        help="exact gradient flow against online SGD from the same seeds: cost and fidelity",
+        description="Run exact gradient flow and online SGD for several (learning rate, batch size) pairs "
+        "from the same seeds; tabulate wall time, samples drawn, the largest deviation of the alignment "
+        "curves from the flow, and recovery times. Defaults: the Figure 1 setting, 2 seeds, t_max = 100.",
+    )
+    _add_problem_flags(cmp)
+    cmp.set_defaults(seeds=2, t_max=100.0, num_times=101)
+    cmp.add_argument("--settings", default=",".join(f"{eta:g}:{b}" for eta, b in _compare_defaults()),
+                     help="online SGD runs as eta:batch pairs, comma-separated (default %(default)s)")
+    cmp.add_argument("--tolerance", type=float, default=0.05, help="alignment distance counted as agreement (default %(default)s)")
+    cmp.add_argument("--epsilon", type=float, default=0.05, help="recovery: alignment ≥ 1 − epsilon (default %(default)s)")
+    cmp.add_argument("--out", type=Path, default=None, help="output folder (default runs/compare-<date>-<time>)")
+    cmp.add_argument("--overwrite", action="store_true", help="replace a comparison already in --out")
     return parser
+
+
+def _compare_defaults():
+    from .compare import DEFAULT_SETTINGS
+
+    return DEFAULT_SETTINGS
+
+
+def _parse_settings(text: str) -> list[tuple[float, int]]:
+    pairs = []
+    for item in text.split(","):
+        try:
+            eta, batch = item.split(":")
+            pairs.append((float(eta), int(batch)))
+        except ValueError:
+            raise _UsageError(f"--settings takes eta:batch pairs such as 0.01:4096, comma-separated; got {item!r}") from None
+    return pairs
 
 
 def _summary_csv(result) -> str:
@@ -195,6 +228,41 @@ def _simulate(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    try:
+        config = _config_from_args(args)
+        settings = _parse_settings(args.settings)
+        for eta, batch in settings:
+            config.replace(learning_rate=eta, batch_size=batch)
+        for name in ("tolerance", "epsilon"):
+            value = getattr(args, name)
+            if not 0 < value < 1:
+                raise ValueError(f"--{name} must be in (0, 1); got {value}")
+    except ValueError as err:
+        raise _UsageError(str(err)) from None
+    out = args.out or Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S")
+    if (out / "compare.md").exists() and not args.overwrite:
+        raise _UsageError(f"{out} already holds a comparison; choose another --out or pass --overwrite")
+
+    import jax
+
+    if config.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    from .compare import compare, format_table, headline, write_compare
+
+    print(f"jaxmoe compare: d = {config.d}, m = {config.m}, m* = {config.m_star}, {config.seeds} seeds, "
+          f"t_max = {config.t_max:g}, online SGD at {len(settings)} settings", flush=True)
+    rows, results = compare(config, settings, epsilon=args.epsilon, tolerance=args.tolerance,
+                            log=lambda text: print(text, flush=True))
+    write_compare(rows, results, out)
+    print()
+    print(format_table(rows))
+    print()
+    print(headline(rows))
+    print(f"wrote {out}/: compare.md, compare.csv, overlay.png, config.json and one result folder per run")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     try:
@@ -205,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"jaxmoe {__version__}")
             return 0
         if args.command is None:
-            raise _UsageError("a command is required: simulate (see 'jaxmoe --help')")
-        return {"simulate": _simulate}[args.command](args)
+            raise _UsageError("a command is required: simulate, compare (see 'jaxmoe --help')")
+        return {"simulate": _simulate, "compare": _compare}[args.command](args)
     except _UsageError as err:
         print(f"jaxmoe: error: {err}", file=sys.stderr)
         return 2

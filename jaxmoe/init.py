@@ -23,6 +23,7 @@ __all__ = [
     "init_problem",
     "reduced_dimension",
     "uses_reduced",
+    "project_to_span",
 ]
 
 
@@ -217,3 +218,27 @@ def init_problem(config, seed_index) -> tuple[MoE, MoE]:
         return teacher, student
 
     return jax.jit(jax.vmap(one))(jnp.asarray(seed_index))
+
+
+def project_to_span(teacher: MoE, student: MoE) -> tuple[MoE, MoE]:
+    """Coordinates of teacher and student in an orthonormal basis of their span.
+
+    The population loss and its gradient flow depend only on inner products,
+    so the flow of these coordinates is *pathwise* the flow of the original
+    vectors: same losses, same alignments, at a cost set by the span's
+    dimension 2(m + m*) instead of d. Batched over a leading seed axis when
+    the arrays have one.
+
+    **Returns:** ``(teacher, student)`` with last dimension ``min(d, 2(m + m*))``.
+    """
+    def one(t_router, t_expert, s_router, s_expert):
+        vectors = jnp.concatenate([t_router, t_expert, s_router, s_expert])  # (2(m*+m), d)
+        q, _ = jnp.linalg.qr(vectors.T)  # (d, k): orthonormal basis of the span
+        coords = vectors @ q
+        m_star = t_router.shape[0]
+        m = s_router.shape[0]
+        return coords[:m_star], coords[m_star:2 * m_star], coords[2 * m_star:2 * m_star + m], coords[2 * m_star + m:]
+
+    fn = jax.vmap(one) if student.router.ndim == 3 else one
+    tr, te, sr, se = jax.jit(fn)(teacher.router, teacher.expert, student.router, student.expert)
+    return MoE(tr, te, teacher.gate, teacher.expert_fn), MoE(sr, se, student.gate, student.expert_fn)

@@ -16,7 +16,17 @@ from jaxtyping import Array, Float
 from .model import MoE, unit
 from .population import population_loss
 
-__all__ = ["alignment", "observe", "best_match", "OBSERVABLES"]
+__all__ = [
+    "alignment",
+    "observe",
+    "best_match",
+    "first_crossing",
+    "recovery",
+    "recovery_order",
+    "plateau_end",
+    "quartiles",
+    "OBSERVABLES",
+]
 
 # Names of the per-time observables, in the order they are stored.
 OBSERVABLES = ("loss", "expert_alignment", "router_alignment")
@@ -49,3 +59,73 @@ def best_match(expert_alignment: np.ndarray):
     index = np.argmax(expert_alignment, axis=-2)
     value = np.max(expert_alignment, axis=-2)
     return index, value
+
+
+def first_crossing(curve: np.ndarray, times: np.ndarray, level: float) -> np.ndarray:
+    """First time each curve reaches `level`, linearly interpolated between saved times.
+
+    **Arguments:** `curve` of shape ``(..., T)``, `times` of shape ``(T,)``.
+
+    **Returns:** shape ``(...)``; ``inf`` where the curve never reaches the level
+    (NaN values count as not reaching it).
+    """
+    curve = np.asarray(curve, dtype=float)
+    above = np.nan_to_num(curve, nan=-np.inf) >= level
+    reached = above.any(axis=-1)
+    k = np.argmax(above, axis=-1)  # first index at or above the level
+    k_prev = np.maximum(k - 1, 0)
+    c1 = np.take_along_axis(curve, k[..., None], axis=-1)[..., 0]
+    c0 = np.take_along_axis(curve, k_prev[..., None], axis=-1)[..., 0]
+    t1, t0 = times[k], times[k_prev]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fraction = np.where((k > 0) & (c1 > c0), (level - c0) / (c1 - c0), 1.0)
+    t = t0 + np.clip(fraction, 0.0, 1.0) * (t1 - t0)
+    return np.where(reached, np.where(k == 0, times[0], t), np.inf)
+
+
+def recovery(alignment: np.ndarray, times: np.ndarray, epsilon: float = 0.05):
+    """When each teacher expert is recovered, and by which student expert.
+
+    Teacher expert j counts as recovered at the first time t with
+    ``max_i alignment[i, j](t) ≥ 1 − ε`` (linearly interpolated between saved
+    times). Works on expert or router alignments of any method.
+
+    **Arguments:** `alignment` of shape ``(S, T, m, m*)``, `times` ``(T,)``.
+
+    **Returns:** ``(time, student)``, each ``(S, m*)``: the recovery time
+    (``inf`` if never) and the student expert that is best aligned at that
+    moment (−1 if never).
+    """
+    if not 0 < epsilon < 1:
+        raise ValueError(f"epsilon must be in (0, 1); got {epsilon!r}")
+    best = np.nanmax(np.nan_to_num(alignment, nan=-np.inf), axis=2)  # (S, T, m*)
+    time = first_crossing(np.moveaxis(best, 1, -1), times, 1.0 - epsilon)  # (S, m*)
+    index = np.argmax(np.nan_to_num(best, nan=-np.inf) >= 1.0 - epsilon, axis=1)  # (S, m*) first saved index
+    student = np.take_along_axis(
+        np.argmax(np.nan_to_num(alignment, nan=-np.inf), axis=2), index[:, None, :], axis=1
+    )[:, 0, :]
+    return time, np.where(np.isfinite(time), student, -1)
+
+
+def recovery_order(time: np.ndarray) -> np.ndarray:
+    """Rank of each teacher expert's recovery within its seed (0 = first; ties by index).
+
+    **Arguments:** recovery times ``(S, m*)`` from `recovery` (``inf`` never).
+
+    **Returns:** ``(S, m*)`` integer ranks; teachers never recovered rank last.
+    """
+    return np.argsort(np.argsort(time, axis=1, kind="stable"), axis=1, kind="stable")
+
+
+def plateau_end(alignment: np.ndarray, times: np.ndarray, level: float = 0.5) -> np.ndarray:
+    """End of the initial plateau: the first time any student expert reaches
+    alignment `level` with any teacher expert (escape from the O(d^(-1/2))
+    overlaps of the initialisation). Shape ``(S,)``; ``inf`` if never."""
+    best = np.nanmax(np.nan_to_num(alignment, nan=-np.inf), axis=(2, 3))  # (S, T)
+    return first_crossing(best, times, level)
+
+
+def quartiles(values: np.ndarray, axis: int = 0) -> dict[str, np.ndarray]:
+    """Median and quartiles over seeds; ``inf`` entries (never happened) count as larger than all."""
+    q = np.quantile(np.asarray(values, dtype=float), [0.25, 0.5, 0.75], axis=axis, method="lower")
+    return {"q25": q[0], "median": q[1], "q75": q[2]}
