@@ -132,6 +132,23 @@ def _parser() -> _Parser:
     cmp.add_argument("--epsilon", type=float, default=0.05, help="recovery: alignment ≥ 1 − epsilon (default %(default)s)")
     cmp.add_argument("--out", type=Path, default=None, help="output folder (default runs/compare-<date>-<time>)")
     cmp.add_argument("--overwrite", action="store_true", help="replace a comparison already in --out")
+
+    scl = sub.add_parser(
+        "scaling",
+        help="recovery time against d (the √d escape law) and the router-after-expert delay",
+        description="Simulate many seeds at several d in reduced coordinates, stop each once every teacher "
+        "expert is recovered (expert and router), and fit the exponent of recovery time against d for the "
+        "first and each later recovery, with a bootstrap 95%% interval.",
+    )
+    _add_problem_flags(scl)
+    scl.set_defaults(seeds=32)
+    scl.add_argument("--dims", default="100,1000,10000,100000", help="dimensions, comma-separated (default %(default)s)")
+    scl.add_argument("--epsilon", type=float, default=0.05, help="recovery: alignment ≥ 1 − epsilon (default %(default)s)")
+    scl.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default %(default)s)")
+    scl.add_argument("--horizon", type=float, default=None, help="t_max for every d (default 3000·max(1, √(d/1000)))")
+    scl.add_argument("--out", type=Path, default=None, help="output folder (default runs/scaling-<date>-<time>)")
+    scl.add_argument("--overwrite", action="store_true", help="replace a scaling experiment already in --out")
+    scl.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -263,6 +280,49 @@ def _compare(args) -> int:
     return 0
 
 
+def _scaling(args) -> int:
+    try:
+        config = _config_from_args(args)
+        try:
+            dims = [int(x) for x in args.dims.split(",")]
+        except ValueError:
+            raise ValueError(f"--dims takes integers separated by commas; got {args.dims!r}") from None
+        if len(dims) < 2 or len(set(dims)) != len(dims):
+            raise ValueError(f"--dims needs at least two distinct dimensions; got {args.dims!r}")
+        for d in dims:
+            config.replace(d=d)
+        if not 0 < args.epsilon < 1:
+            raise ValueError(f"--epsilon must be in (0, 1); got {args.epsilon}")
+        if args.bootstrap < 10:
+            raise ValueError(f"--bootstrap must be at least 10; got {args.bootstrap}")
+        if args.horizon is not None:
+            config.replace(t_max=args.horizon)
+    except ValueError as err:
+        raise _UsageError(str(err)) from None
+    out = args.out or Path("runs") / time.strftime("scaling-%Y%m%d-%H%M%S")
+    if (out / "scaling.md").exists() and not args.overwrite:
+        raise _UsageError(f"{out} already holds a scaling experiment; choose another --out or pass --overwrite")
+
+    import jax
+
+    if config.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    from .scaling import format_delays, format_fits, scaling, write_scaling
+
+    print(f"jaxmoe scaling: m = {config.m}, m* = {config.m_star}, {config.seeds} seeds per d, d in {dims}, "
+          f"reduced coordinates", flush=True)
+    fits, results = scaling(config, dims, epsilon=args.epsilon, bootstrap=args.bootstrap, t_max=args.horizon,
+                            log=lambda text: print(text, flush=True), progress=not args.quiet)
+    write_scaling(fits, results, out, args.epsilon, config)
+    print()
+    print(format_fits(fits))
+    print()
+    print(format_delays(results, args.epsilon))
+    print(f"\ntheory: exponent 0.5 (escape time ∝ √d); wrote {out}/: scaling.md, scaling.csv, fit.csv, "
+          f"scaling.png, config.json, one result folder per d")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     try:
@@ -273,8 +333,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"jaxmoe {__version__}")
             return 0
         if args.command is None:
-            raise _UsageError("a command is required: simulate, compare (see 'jaxmoe --help')")
-        return {"simulate": _simulate, "compare": _compare}[args.command](args)
+            raise _UsageError("a command is required: simulate, compare, scaling, prune (see 'jaxmoe --help')")
+        commands = {"simulate": _simulate, "compare": _compare, "scaling": _scaling}
+        return commands[args.command](args)
     except _UsageError as err:
         print(f"jaxmoe: error: {err}", file=sys.stderr)
         return 2

@@ -71,6 +71,9 @@ class SimulationConfig:
       (``None``: never). The default run (the paper's Figure 1 setting) stops
       each seed at L < 1e-6 or t = 1000, by when every seed has recovered
       all teacher experts.
+    - `recovery_epsilon`: if set, also stop a seed once every teacher expert
+      is recovered, in expert *and* router alignment: ``max_i w̄_i·w̄*_j ≥ 1 − ε``
+      and ``max_i v̄_i·v̄*_j ≥ 1 − ε`` for every j (flow only).
     - `dtype`: ``"float64"`` (default) or ``"float32"``.
 
     **Method** (DESIGN §4: every method reports on the gradient-flow time axis):
@@ -106,6 +109,7 @@ class SimulationConfig:
     dt: float | None = None
     max_steps: int = 200_000
     loss_threshold: float | None = 1e-6
+    recovery_epsilon: float | None = None
     dtype: Literal["float64", "float32"] = "float64"
     method: Literal["flow", "optax", "online", "dataset"] = "flow"
     optimizer: str = "sgd"
@@ -135,6 +139,10 @@ class SimulationConfig:
         for name, value in positive.items():
             if not _is_real(value) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+        if self.recovery_epsilon is not None and (
+            not _is_real(self.recovery_epsilon) or not 0 < self.recovery_epsilon < 1
+        ):
+            raise ValueError(f"recovery_epsilon must be in (0, 1); got {self.recovery_epsilon!r}")
         if not _is_real(self.t_first) or not 0 < self.t_first < 1:
             raise ValueError(f"t_first must be a fraction of t_max in (0, 1); got {self.t_first!r}")
         choices = {

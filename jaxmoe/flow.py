@@ -117,15 +117,21 @@ def _compiled_solve(spec: _Spec):
     def observables(t, y, teacher):
         return observe(MoE(*y, spec.gate, spec.expert), teacher)
 
-    def stop(t, y, teacher, threshold, **kwargs):
-        # Checked after every accepted step: converged, or broken beyond repair.
-        loss = population_loss(MoE(*y, spec.gate, spec.expert), teacher)
-        return (loss < threshold) | ~jnp.isfinite(loss)
+    def stop(t, y, teacher, threshold, recovered_at, **kwargs):
+        # Checked after every accepted step: converged (loss below the
+        # threshold, or every teacher expert recovered in expert and router
+        # alignment), or broken beyond repair.
+        obs = observe(MoE(*y, spec.gate, spec.expert), teacher)
+        loss = obs["loss"]
+        recovered = jnp.all(jnp.max(obs["expert_alignment"], axis=0) >= recovered_at) & jnp.all(
+            jnp.max(obs["router_alignment"], axis=0) >= recovered_at
+        )
+        return (loss < threshold) | recovered | ~jnp.isfinite(loss)
 
-    def solve_one(router0, expert0, teacher_router, teacher_expert, times, threshold):
+    def solve_one(router0, expert0, teacher_router, teacher_expert, times, threshold, recovered_at):
         teacher = MoE(teacher_router, teacher_expert, spec.gate, spec.expert)
         saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=times, fn=observables), diffrax.SubSaveAt(t1=True)])
-        event = diffrax.Event(functools.partial(stop, threshold=threshold))
+        event = diffrax.Event(functools.partial(stop, threshold=threshold, recovered_at=recovered_at))
         solution = diffrax.diffeqsolve(
             diffrax.ODETerm(field_tuple),
             solver,
@@ -160,7 +166,7 @@ def _compiled_solve(spec: _Spec):
         status = jnp.where((status <= 1) & ~finite, 3, status)
         return saved, router, expert, final_ts[0], solution.stats["num_steps"], status
 
-    batched = jax.vmap(solve_one, in_axes=(0, 0, 0, 0, None, None))
+    batched = jax.vmap(solve_one, in_axes=(0, 0, 0, 0, None, None, None))
     return jax.jit(batched)
 
 
@@ -189,8 +195,11 @@ def integrate(config: SimulationConfig, teacher: MoE, student: MoE, times: np.nd
     dtype = student.router.dtype
     # Without a threshold the stopping event still catches non-finite seeds.
     threshold = jnp.asarray(config.loss_threshold or -1.0, dtype)
+    # Alignments never exceed 1, so 2 disables the recovery stop.
+    recovered_at = jnp.asarray(2.0 if config.recovery_epsilon is None else 1.0 - config.recovery_epsilon, dtype)
     saved, router, expert, t_final, num_steps, status = _compiled_solve(spec)(
-        student.router, student.expert, teacher.router, teacher.expert, jnp.asarray(times, dtype), threshold
+        student.router, student.expert, teacher.router, teacher.expert, jnp.asarray(times, dtype), threshold,
+        recovered_at,
     )
     return jax.device_get(
         dict(saved=saved, router=router, expert=expert, t_final=t_final, num_steps=num_steps, status=status)

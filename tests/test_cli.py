@@ -67,7 +67,7 @@ def test_bad_input_is_one_line_and_exit_code_2(flags, fragment, capsys):
 
 def test_no_command_is_an_error(capsys):
     assert main([]) == 2
-    assert "a command is required: simulate, compare" in capsys.readouterr().err
+    assert "a command is required: simulate, compare, scaling, prune" in capsys.readouterr().err
 
 
 def test_console_script_has_no_traceback(tmp_path):

@@ -1,0 +1,245 @@
+"""The escape law and "guided by the experts", measured (the `jaxmoe scaling` experiment).
+
+arXiv 2510.07205 predicts that each teacher expert is recovered after a plateau
+whose length grows like √d (information exponent 3: an overlap m obeys
+ṁ ∝ m² from m ~ d^(-1/2)), and that a router aligns only after its expert.
+This experiment runs many seeds at several d in reduced coordinates (exact,
+at a cost independent of d), stops each seed once every teacher expert is
+recovered in expert and router alignment, and reports:
+
+- for the k-th recovery (k = 1 … m*), the exponent b of ``t_k ≈ a d^b`` by
+  least squares in log–log coordinates over all seeds, with a bootstrap 95%
+  interval (seeds resampled within each d);
+- for every recovered pair, the delay between the expert's recovery and the
+  recovery of the same student's router (`guided_delay`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .config import SimulationConfig
+from .observables import first_crossing, recovery
+from .results import Result, save, write_atomic
+from .simulation import simulate
+
+__all__ = [
+    "ScalingFit",
+    "fit_exponent",
+    "guided_delay",
+    "scaling",
+    "format_fits",
+    "format_delays",
+    "plot_scaling",
+    "write_scaling",
+    "DEFAULT_DIMENSIONS",
+]
+
+DEFAULT_DIMENSIONS = (100, 1_000, 10_000, 100_000)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScalingFit:
+    """``t ≈ a d^b`` for one recovery rank."""
+
+    rank: int  # 1 = first recovery of each seed
+    exponent: float
+    low: float  # bootstrap 2.5% quantile
+    high: float  # bootstrap 97.5% quantile
+    prefactor: float
+    points: int  # seeds that recovered, over all d
+    missing: int  # seeds that had not recovered by t_max
+
+
+def fit_exponent(
+    dims: np.ndarray, times: list[np.ndarray], *, bootstrap: int = 1000, seed: int = 0
+) -> tuple[float, float, float, float]:
+    """Least-squares slope of log t against log d, with a bootstrap 95% interval.
+
+    **Arguments:** `dims` (G,), and for each d an array of times (non-finite
+    entries are ignored). Resampling draws seeds with replacement within each
+    d, so the interval reflects seed-to-seed scatter.
+
+    **Returns:** ``(exponent, low, high, prefactor)``.
+    """
+    groups = [np.log(t[np.isfinite(t) & (t > 0)]) for t in times]
+    x_groups = [np.full(len(g), np.log(d)) for g, d in zip(groups, dims)]
+    if sum(len(g) > 0 for g in groups) < 2:
+        return (np.nan,) * 4
+
+    def slope(xs, ys):
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        b, a = np.polyfit(x, y, 1)
+        return b, a
+
+    b, a = slope(x_groups, groups)
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(bootstrap):
+        resampled = [g[rng.integers(0, len(g), len(g))] if len(g) else g for g in groups]
+        samples.append(slope(x_groups, resampled)[0])
+    low, high = np.quantile(samples, [0.025, 0.975])
+    return float(b), float(low), float(high), float(np.exp(a))
+
+
+def guided_delay(result: Result, epsilon: float = 0.05) -> np.ndarray:
+    """Router recovery time minus expert recovery time, for every recovered pair.
+
+    For teacher expert j, let i be the student expert that recovers it (first
+    ``w̄_i·w̄*_j ≥ 1 − ε``) at time t_w; t_v is the first time the same student's
+    router reaches ``v̄_i·v̄*_j ≥ 1 − ε``. A positive delay t_v − t_w is the
+    router following its expert. NaN where either never happens.
+
+    **Returns:** ``(S, m*)``.
+    """
+    t_expert, student = recovery(result.expert_alignment, result.times, epsilon)
+    safe = np.maximum(student, 0)
+    router = np.take_along_axis(result.router_alignment, safe[:, None, None, :], axis=2)[:, :, 0, :]  # (S, T, m*)
+    t_router = first_crossing(np.moveaxis(router, 1, -1), result.times, 1.0 - epsilon)  # (S, m*)
+    ok = (student >= 0) & np.isfinite(t_expert) & np.isfinite(t_router)
+    return np.where(ok, np.where(ok, t_router, 0.0) - np.where(ok, t_expert, 0.0), np.nan)
+
+
+def default_t_max(d: int) -> float:
+    """A horizon long enough for every recovery at dimension d (the slowest
+    ones at d = 10³ come near t = 300; escape times grow like √d)."""
+    return float(3000.0 * max(1.0, np.sqrt(d / 1000.0)))
+
+
+def scaling(
+    config: SimulationConfig,
+    dims=DEFAULT_DIMENSIONS,
+    *,
+    epsilon: float = 0.05,
+    bootstrap: int = 1000,
+    t_max=None,
+    log=print,
+    progress: bool = False,
+) -> tuple[list[ScalingFit], dict[int, Result]]:
+    """Recovery times against d, seeds vmapped at each d, with fitted exponents.
+
+    **Arguments:**
+
+    - `config`: the problem (m, m*, seeds, tolerances, …); d, t_max and the
+      stopping rules are set here per dimension.
+    - `dims`: the dimensions.
+    - `epsilon`: recovery means alignment ≥ 1 − ε.
+    - `t_max`: horizon per d (default `default_t_max`).
+
+    **Returns:** ``(fits, results)``: one `ScalingFit` per recovery rank and
+    the `Result` of each d.
+    """
+    dims = [int(d) for d in dims]
+    if len(dims) < 2 or len(set(dims)) != len(dims):
+        raise ValueError(f"dims must hold at least two distinct dimensions; got {dims}")
+    results = {}
+    for d in dims:
+        horizon = float(t_max) if t_max is not None else default_t_max(d)
+        run = config.replace(
+            d=d, t_max=horizon, time_grid="log", num_times=max(config.num_times, 400), t_first=1e-4,
+            loss_threshold=None, recovery_epsilon=epsilon, method="flow",
+        )
+        log(f"d = {d}: {run.seeds} seeds, t_max = {horizon:g} ...")
+        results[d] = simulate(run, progress=progress)
+    fits = []
+    m_star = config.m_star
+    ordered = {d: np.sort(recovery(r.expert_alignment, r.times, epsilon)[0], axis=1) for d, r in results.items()}
+    for k in range(m_star):
+        times = [ordered[d][:, k] for d in dims]
+        b, low, high, a = fit_exponent(np.array(dims, float), times, bootstrap=bootstrap, seed=k)
+        missing = int(sum(np.sum(~np.isfinite(t)) for t in times))
+        points = int(sum(np.sum(np.isfinite(t)) for t in times))
+        fits.append(ScalingFit(k + 1, b, low, high, a, points, missing))
+    return fits, results
+
+
+def format_fits(fits: list[ScalingFit]) -> str:
+    lines = ["| recovery | exponent b (t ∝ d^b) | 95% bootstrap interval | prefactor | seeds used | not recovered |",
+             "|---|---|---|---|---|---|"]
+    for f in fits:
+        lines.append(f"| {f.rank} | {f.exponent:.3f} | [{f.low:.3f}, {f.high:.3f}] | {f.prefactor:.3g} | {f.points} | {f.missing} |")
+    return "\n".join(lines)
+
+
+def format_delays(results: dict[int, Result], epsilon: float) -> str:
+    lines = ["| d | pairs | router after expert | median delay | q25 | q75 |", "|---|---|---|---|---|---|"]
+    for d, r in results.items():
+        delay = guided_delay(r, epsilon)
+        delay = delay[np.isfinite(delay)]
+        if delay.size == 0:
+            lines.append(f"| {d} | 0 | — | — | — | — |")
+            continue
+        q25, q50, q75 = np.quantile(delay, [0.25, 0.5, 0.75])
+        lines.append(f"| {d} | {delay.size} | {np.mean(delay > 0):.0%} | {q50:.3g} | {q25:.3g} | {q75:.3g} |")
+    return "\n".join(lines)
+
+
+def plot_scaling(fits: list[ScalingFit], results: dict[int, Result], epsilon: float):
+    from .plot import _colors, _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    dims = np.array(list(results), dtype=float)
+    colors = _colors(len(fits))
+    for f, color in zip(fits, colors):
+        for d, r in results.items():
+            t = np.sort(recovery(r.expert_alignment, r.times, epsilon)[0], axis=1)[:, f.rank - 1]
+            jitter = d * np.exp(0.04 * (f.rank - (len(fits) + 1) / 2))
+            ax[0].scatter(np.full(t.shape, jitter), t, s=6, color=color, alpha=0.35)
+        grid = np.geomspace(dims.min(), dims.max(), 50)
+        ax[0].plot(grid, f.prefactor * grid**f.exponent, color=color,
+                   label=f"recovery {f.rank}: b = {f.exponent:.2f} [{f.low:.2f}, {f.high:.2f}]")
+    ax[0].plot(grid, grid**0.5 * (fits[0].prefactor * dims.min() ** fits[0].exponent) / dims.min() ** 0.5,
+               color="k", ls=":", label="√d (theory)")
+    ax[0].set_xscale("log")
+    ax[0].set_yscale("log")
+    ax[0].set_xlabel("dimension d")
+    ax[0].set_ylabel(f"recovery time (alignment ≥ {1 - epsilon:g})")
+    ax[0].legend(fontsize=7)
+    ax[0].grid(alpha=0.3, which="both")
+    delays = [guided_delay(r, epsilon) for r in results.values()]
+    data = [x[np.isfinite(x)] for x in delays]
+    ax[1].boxplot(data)
+    ax[1].set_xticks(range(1, len(dims) + 1), [f"{int(d):g}" for d in dims])
+    ax[1].axhline(0, color="k", lw=0.5)
+    ax[1].set_xlabel("dimension d")
+    ax[1].set_ylabel("router recovery − expert recovery (time)")
+    ax[1].set_title("guided by the experts: the router follows its expert", fontsize=9)
+    ax[1].grid(alpha=0.3)
+    return fig
+
+
+def write_scaling(fits, results, folder: str | os.PathLike, epsilon: float, config: SimulationConfig) -> list[Path]:
+    """Result folder per d, fits and delays (markdown, CSV), figure, config.json."""
+    from .plot import _write_png
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for d, result in results.items():
+        save(result, folder / f"d{d}")
+    out = io.StringIO()
+    out.write("d,seed," + ",".join(f"recovery_{k + 1}" for k in range(config.m_star)) + ","
+              + ",".join(f"delay_teacher_{j + 1}" for j in range(config.m_star)) + "\n")
+    for d, r in results.items():
+        ordered = np.sort(recovery(r.expert_alignment, r.times, epsilon)[0], axis=1)
+        delay = guided_delay(r, epsilon)
+        for s in range(r.num_seeds):
+            out.write(f"{d},{r.seed_index[s]}," + ",".join(f"{t:.6g}" for t in ordered[s]) + ","
+                      + ",".join(f"{t:.6g}" for t in delay[s]) + "\n")
+    write_atomic(folder / "scaling.csv", out.getvalue().encode())
+    fit_csv = "rank,exponent,low,high,prefactor,points,missing\n" + "".join(
+        f"{f.rank},{f.exponent:.6g},{f.low:.6g},{f.high:.6g},{f.prefactor:.6g},{f.points},{f.missing}\n" for f in fits
+    )
+    write_atomic(folder / "fit.csv", fit_csv.encode())
+    report = "## Recovery time against d\n\n" + format_fits(fits) + "\n\n## Guided by the experts\n\n" + format_delays(results, epsilon) + "\n"
+    write_atomic(folder / "scaling.md", report.encode())
+    header = {"format": "jaxmoe.scaling", "version": 1, "config": config.to_dict(), "dims": list(results), "epsilon": epsilon}
+    write_atomic(folder / "config.json", (json.dumps(header, indent=2) + "\n").encode())
+    _write_png(plot_scaling(fits, results, epsilon), folder / "scaling.png")
+    return [folder / n for n in ("scaling.md", "scaling.csv", "fit.csv", "scaling.png")]
