@@ -10,10 +10,11 @@ The whole simulation, top to bottom:
 4. only the observables (`observables.py`) are saved, at the requested times,
    plus each seed's initial and final student so the run can be replayed.
 
-`jaxmoe.simulate` (simulate.py) draws the seeds and calls `integrate`.
+`jaxmoe.simulate` (simulation.py) draws the seeds and calls `integrate`.
 A seed that hits the step limit or becomes non-finite is flagged in
-`Result.status` (see `jaxmoe.results.STATUS_NAMES`); the other seeds are unaffected (each lane of the vmapped
-solve keeps its own step size and stops on its own).
+`Result.status` (see `jaxmoe.results.STATUS_NAMES`); the other seeds are
+unaffected (each lane of the vmapped solve keeps its own step size and stops
+on its own).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import functools
 from typing import NamedTuple
 
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,12 +34,27 @@ from .population import population_loss
 
 __all__ = ["integrate", "time_grid", "vector_field"]
 
+class _RK4(diffrax.AbstractERK):
+    """The classical fourth-order Runge–Kutta method (fixed steps, no error estimate)."""
+
+    tableau = diffrax.ButcherTableau(
+        c=np.array([0.5, 0.5, 1.0]),
+        b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
+        b_error=np.zeros(4),
+        a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
+    )
+    interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation.from_k
+
+    def order(self, terms):
+        return 4
+
+
 _SOLVERS = {
     "tsit5": diffrax.Tsit5,
     "dopri5": diffrax.Dopri5,
     "dopri8": diffrax.Dopri8,
     "heun": diffrax.Heun,
-    "rk4": diffrax.Tsit5,  # replaced below: diffrax has no named RK4 solver
+    "rk4": _RK4,
 }
 
 
@@ -70,21 +85,6 @@ class _Spec(NamedTuple):
     progress: bool
 
 
-class _RK4(diffrax.AbstractERK):
-    """The classical fourth-order Runge–Kutta method (fixed steps, no error estimate)."""
-
-    tableau = diffrax.ButcherTableau(
-        c=np.array([0.5, 0.5, 1.0]),
-        b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
-        b_error=np.zeros(4),
-        a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
-    )
-    interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation.from_k
-
-    def order(self, terms):
-        return 4
-
-
 def _status_code(result) -> jax.Array:
     code = jnp.where(result == diffrax.RESULTS.event_occurred, 1, 4)
     code = jnp.where(result == diffrax.RESULTS.max_steps_reached, 2, code)
@@ -95,7 +95,7 @@ def _status_code(result) -> jax.Array:
 @functools.lru_cache(maxsize=32)
 def _compiled_solve(spec: _Spec):
     """One jitted, seed-vmapped solve per static specification."""
-    solver = _RK4() if spec.solver == "rk4" else _SOLVERS[spec.solver]()
+    solver = _SOLVERS[spec.solver]()
 
     def controller(t_max):
         if spec.solver == "rk4":
