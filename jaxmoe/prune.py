@@ -867,6 +867,8 @@ def run_command(args) -> int:
         value = getattr(args, name)
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0; got {value!r}")
+    if args.num_times < 2:
+        raise ValueError(f"--num-times must be at least 2; got {args.num_times}")
     run_folder = Path(args.run_folder)
     out = Path(args.out) if args.out is not None else run_folder / "prune"
     if out.exists() and not out.is_dir():
