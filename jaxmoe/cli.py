@@ -149,6 +149,10 @@ def _parser() -> _Parser:
     scl.add_argument("--out", type=Path, default=None, help="output folder (default runs/scaling-<date>-<time>)")
     scl.add_argument("--overwrite", action="store_true", help="replace a scaling experiment already in --out")
     scl.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    from .prune import add_parser as add_prune_parser
+
+    add_prune_parser(sub)
     return parser
 
 
@@ -323,6 +327,15 @@ def _scaling(args) -> int:
     return 0
 
 
+def _prune(args) -> int:
+    from .prune import run_command
+
+    try:
+        return run_command(args)
+    except ValueError as err:
+        raise _UsageError(str(err)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     try:
@@ -334,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command is None:
             raise _UsageError("a command is required: simulate, compare, scaling, prune (see 'jaxmoe --help')")
-        commands = {"simulate": _simulate, "compare": _compare, "scaling": _scaling}
+        commands = {"simulate": _simulate, "compare": _compare, "scaling": _scaling, "prune": _prune}
         return commands[args.command](args)
     except _UsageError as err:
         print(f"jaxmoe: error: {err}", file=sys.stderr)
