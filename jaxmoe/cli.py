@@ -195,21 +195,29 @@ def _summary_csv(result) -> str:
     return out.getvalue()
 
 
+def _output_folder(args, command: str, marker: str, config: SimulationConfig) -> Path:
+    """The folder to write (default runs/<command>-<date>-<time>), refusing to
+    overwrite a finished one; then opt into float64 if asked (the library never does)."""
+    out = args.out or Path("runs") / time.strftime(f"{command}-%Y%m%d-%H%M%S")
+    if out.exists() and not out.is_dir():
+        raise _UsageError(f"--out {out} exists and is not a folder")
+    if (out / marker).exists() and not args.overwrite:
+        raise _UsageError(f"{out} already holds a result; choose another --out or pass --overwrite")
+    if config.dtype == "float64":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    return out
+
+
 def _simulate(args) -> int:
     try:
         config = _config_from_args(args)
     except ValueError as err:
         raise _UsageError(str(err)) from None
-    out = args.out or Path("runs") / time.strftime("simulate-%Y%m%d-%H%M%S")
-    if out.exists() and not out.is_dir():
-        raise _UsageError(f"--out {out} exists and is not a folder")
-    if (out / "result.npz").exists() and not args.overwrite:
-        raise _UsageError(f"{out} already holds a result; choose another --out or pass --overwrite")
-
+    out = _output_folder(args, "simulate", "result.npz", config)
     import jax
 
-    if config.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
     from .simulation import simulate
     from .init import uses_reduced
     from .plot import save_figures
@@ -261,14 +269,7 @@ def _compare(args) -> int:
                 raise ValueError(f"--{name} must be in (0, 1); got {value}")
     except ValueError as err:
         raise _UsageError(str(err)) from None
-    out = args.out or Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S")
-    if (out / "compare.md").exists() and not args.overwrite:
-        raise _UsageError(f"{out} already holds a comparison; choose another --out or pass --overwrite")
-
-    import jax
-
-    if config.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
+    out = _output_folder(args, "compare", "compare.md", config)
     from .compare import compare, format_table, headline, write_compare
 
     print(f"jaxmoe compare: d = {config.d}, m = {config.m}, m* = {config.m_star}, {config.seeds} seeds, "
@@ -303,14 +304,7 @@ def _scaling(args) -> int:
             config.replace(t_max=args.horizon)
     except ValueError as err:
         raise _UsageError(str(err)) from None
-    out = args.out or Path("runs") / time.strftime("scaling-%Y%m%d-%H%M%S")
-    if (out / "scaling.md").exists() and not args.overwrite:
-        raise _UsageError(f"{out} already holds a scaling experiment; choose another --out or pass --overwrite")
-
-    import jax
-
-    if config.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
+    out = _output_folder(args, "scaling", "scaling.md", config)
     from .scaling import format_delays, format_fits, scaling, write_scaling
 
     print(f"jaxmoe scaling: m = {config.m}, m* = {config.m_star}, {config.seeds} seeds per d, d in {dims}, "
