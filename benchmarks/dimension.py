@@ -289,7 +289,8 @@ def ratios(rows: list[Row]) -> list[str]:
             f"Full mode, d = {f1.d:,} over d = {f0.d:,} (the largest d it ran at): "
             f"solve time per trajectory × {f1.solve_s / f0.solve_s:,.1f}, "
             f"per solver step × {f1.solve_per_step_ms / f0.solve_per_step_ms:,.1f}; "
-            f"at d = {f1.d:,} reduced mode is {f1.solve_s / pick(f1.d, 'reduced').solve_s:,.0f}× faster per trajectory.",
+            f"at d = {f1.d:,} reduced mode is "
+            f"{f1.solve_s / pick(f1.d, 'reduced').solve_s:,.0f}× faster per trajectory.",
         ]
     return lines
 
@@ -360,7 +361,8 @@ def main(argv=None) -> int:
     setting = (
         f"m = {CONFIG.m}, m* = {CONFIG.m_star}, t = 0 … {CONFIG.t_max:g}, {CONFIG.solver}, "
         f"rtol {CONFIG.rtol:g}, atol {CONFIG.atol:g}, no early stop, seeds {list(SEEDS)} (one per call), "
-        f"best of {args.repeats} warm calls per seed (1 where a call takes over {SLOW_CALL_S:g} s), round-robin over d, mean over seeds"
+        f"best of {args.repeats} warm calls per seed (1 where a call takes over {SLOW_CALL_S:g} s), "
+        "round-robin over d, mean over seeds"
     )
     text = "\n".join(
         [
