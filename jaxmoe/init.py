@@ -7,6 +7,8 @@ iid N(0, I_d/d), then each router is orthogonalised against its own expert.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
@@ -198,26 +200,28 @@ def init_problem(config, seed_index) -> tuple[MoE, MoE]:
     **Returns:** ``(teacher, student)``, `MoE` models whose arrays have a leading
     seed axis: ``(S, m*, D)`` and ``(S, m, D)``, D = 2(m + m*) or d.
     """
-    reduced = uses_reduced(config)
+    draw = _compiled_draw(
+        config.m, config.m_star, config.d, config.gate, config.expert, config.teacher, config.base_seed,
+        uses_reduced(config),
+    )
+    return draw(jnp.asarray(seed_index))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_draw(m, m_star, d, gate, expert, teacher_frame, base_seed, reduced):
+    """The jitted, seed-vmapped draw; cached so that repeated runs do not recompile it."""
 
     def one(index):
         if reduced:
-            return init_reduced(
-                config.m, config.m_star, config.d, key=seed_key(config.base_seed, index),
-                gate=config.gate, expert_fn=config.expert,
-            )
-        key_teacher, key_student = jax.random.split(seed_key(config.base_seed, index))
+            return init_reduced(m, m_star, d, key=seed_key(base_seed, index), gate=gate, expert_fn=expert)
+        key_teacher, key_student = jax.random.split(seed_key(base_seed, index))
         teacher = init_teacher(
-            config.m_star,
-            config.d,
-            key=key_teacher if config.teacher == "random" else None,
-            gate=config.gate,
-            expert_fn=config.expert,
+            m_star, d, key=key_teacher if teacher_frame == "random" else None, gate=gate, expert_fn=expert
         )
-        student = init_student(config.m, config.d, key=key_student, gate=config.gate, expert_fn=config.expert)
+        student = init_student(m, d, key=key_student, gate=gate, expert_fn=expert)
         return teacher, student
 
-    return jax.jit(jax.vmap(one))(jnp.asarray(seed_index))
+    return jax.jit(jax.vmap(one))
 
 
 def project_to_span(teacher: MoE, student: MoE) -> tuple[MoE, MoE]:
