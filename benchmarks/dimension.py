@@ -39,14 +39,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import io
 import math
-import os
-import platform
-import re
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -56,6 +51,8 @@ import numpy as np
 
 # The script lives in benchmarks/; make the repository importable without an install.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import RESULTS, machine_lines, machine_name, write_atomically  # noqa: E402
 
 import jaxmoe  # noqa: E402
 from jaxmoe import SimulationConfig  # noqa: E402
@@ -72,41 +69,7 @@ SLOW_CALL_S = 20.0
 # Target (printed, not asserted): reduced-mode cost at d = 10⁶ over d = 10².
 TARGET_RATIO = 1.2
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-# ---------------------------------------------------------------------------
-# Machine description (the same naming as benchmarks/kernel.py)
-
-
-def _slug(text: str, limit: int = 40) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_name() -> str:
-    """A short file-name-safe label: host, CPU model and JAX device kind."""
-    parts = [_slug(platform.node(), 24), _slug(_cpu_model(), 32), _slug(jax.devices()[0].device_kind, 24)]
-    return "-".join(p for p in parts if p) or "unknown"
-
-
-def machine_lines() -> list[str]:
-    device = jax.devices()[0]
-    return [
-        f"- host: `{platform.node()}`; CPU: {_cpu_model()} ({os.cpu_count()} logical cores)",
-        f"- JAX {jax.__version__} on {device.platform} (`{device.device_kind}`), float64",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-    ]
+RESULTS_DIR = RESULTS
 
 
 # ---------------------------------------------------------------------------
@@ -321,19 +284,6 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
     write_atomically(path, buffer.getvalue())
-
-
-def write_atomically(path: Path, data: bytes | str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main(argv=None) -> int:
