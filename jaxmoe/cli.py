@@ -107,9 +107,11 @@ def _parser() -> _Parser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     sim = sub.add_parser(
         "simulate",
-        help="gradient flow on the exact population loss, many seeds at once",
-        description="Integrate the gradient flow of the exact population loss for several seeds; "
-        "the defaults are the paper's Figure 1 setting (m* = 5, m = 25, d = 1000).",
+        help="train many seeds at once (exact gradient flow by default; optax, online SGD or a "
+        "finite training set with --method) and write a result folder",
+        description="Train several seeds: by default the exact gradient flow of the population loss, "
+        "or discrete steps with --method; the defaults are the paper's Figure 1 setting "
+        "(m* = 5, m = 25, d = 1000).",
     )
     _add_problem_flags(sim)
     sim.add_argument("--out", type=Path, default=None, help="output folder (default runs/simulate-<date>-<time>)")
