@@ -17,7 +17,7 @@ import numpy as np
 
 from .results import Result, write_atomic
 
-__all__ = ["plot_alignments", "plot_loss", "save_figures"]
+__all__ = ["figure", "plot_alignments", "plot_loss", "save_figures"]
 
 
 def _pyplot():
@@ -29,6 +29,15 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def figure(ax=None, **subplots):
+    """``(figure, axes)``: new axes from ``plt.subplots(**subplots)``, or the given
+    `ax` (one axes or a sequence of them) and its figure."""
+    if ax is None:
+        return _pyplot().subplots(constrained_layout=True, **subplots)
+    first = ax[0] if isinstance(ax, (list, tuple, np.ndarray)) else ax
+    return first.figure, ax
 
 
 def _colors(n):
@@ -61,13 +70,9 @@ def plot_alignments(result: Result, seed: int = 0, ax=None):
 
     **Returns:** the matplotlib figure.
     """
-    plt = _pyplot()
     if not 0 <= seed < result.num_seeds:
         raise ValueError(f"seed must be in 0..{result.num_seeds - 1}; got {seed}")
-    if ax is None:
-        fig, ax = plt.subplots(1, 2, figsize=(11, 4), sharey=True, constrained_layout=True)
-    else:
-        fig = ax[0].figure
+    fig, ax = figure(ax, ncols=2, figsize=(11, 4), sharey=True)
     t = result.times
     expert = result.expert_alignment[seed]  # (T, m, m*)
     router = result.router_alignment[seed]
@@ -96,11 +101,7 @@ def plot_alignments(result: Result, seed: int = 0, ax=None):
 
 def plot_loss(result: Result, ax=None):
     """The population loss of every seed against time, on a log scale."""
-    plt = _pyplot()
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
-    else:
-        fig = ax.figure
+    fig, ax = figure(ax, figsize=(6, 4))
     for s in range(result.num_seeds):
         line, = ax.plot(result.times, result.loss[s], lw=1.0, label=f"seed {result.seed_index[s]}")
         if result.train_loss is not None:

@@ -631,6 +631,12 @@ def prune(
 # Figures and tables
 
 
+def _figure(ax=None, **subplots):
+    from .plot import figure as make_figure
+
+    return make_figure(ax, **subplots)
+
+
 def _pyplot():
     from .plot import _pyplot as pyplot
 
@@ -657,12 +663,7 @@ def plot_prune_loss(pruned: PruneResult, ax=None):
 
     **Returns:** the matplotlib figure.
     """
-    plt = _pyplot()
-    if ax is None:
-        fig, ax = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True, constrained_layout=True,
-                               gridspec_kw={"width_ratios": [3, 2]})
-    else:
-        fig = ax[0].figure
+    fig, ax = _figure(ax, ncols=2, figsize=(12, 4.5), sharey=True, gridspec_kw={"width_ratios": [3, 2]})
     original, finetune, fit = pruned.original, pruned.finetune, pruned.fit
     # The zoom ends a little after the last seed's loss reaches exact zero
     # (or at the end of the fine-tuning).
@@ -704,11 +705,7 @@ def plot_prune_loss(pruned: PruneResult, ax=None):
 
 def plot_spectrum(pruned: PruneResult, ax=None):
     """The tangent Hessian eigenvalues at the end of fine-tuning, every seed (ascending)."""
-    plt = _pyplot()
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
-    else:
-        fig = ax.figure
+    fig, ax = _figure(ax, figsize=(6, 4))
     tangent = pruned.tangent_eigenvalues
     for s in range(tangent.shape[0]):
         ax.plot(np.arange(1, tangent.shape[1] + 1), tangent[s], ".", ms=4, label=f"seed {pruned.finetune.seed_index[s]}")
