@@ -33,3 +33,6 @@ from .simulation import simulate
 from .discrete import make_optimizer
 from .observables import alignment, best_match, observe
 from .results import STATUS_NAMES, Result, format_summary, load, save
+from .chunks import run_chunked
+from .sweep import grid_points, read_grid
+from .sweep import sweep as run_sweep

@@ -10,9 +10,6 @@ changes JAX's global configuration.
 from __future__ import annotations
 
 import argparse
-import csv
-import dataclasses
-import io
 import sys
 import time
 from pathlib import Path
@@ -118,6 +115,23 @@ def _parser() -> _Parser:
     sim.add_argument("--overwrite", action="store_true", help="replace a result already in --out")
     sim.add_argument("--figure-seeds", type=int, default=4, help="alignment figures for this many seeds (default %(default)s)")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_scale_flags(sim)
+
+    swp = sub.add_parser(
+        "sweep",
+        help="a grid over problem settings from a TOML file: one result folder per point and an index table",
+        description="Run every point of a grid of settings read from GRID.toml: [base] holds settings shared by "
+        "all points, [grid] lists values per setting (their product is the grid); the names are those of "
+        "SimulationConfig (d, m, m_star, seeds, t_max, rtol, method, learning_rate, ...). Each point is a "
+        "result folder like simulate's; index.md and index.csv summarise them. Rerunning the same command "
+        "resumes: finished points and chunks are kept.",
+    )
+    swp.add_argument("grid", type=Path, help="the grid, a TOML file")
+    swp.add_argument("--out", type=Path, default=None, help="output folder (default runs/sweep-<grid>-<date>-<time>)")
+    swp.add_argument("--overwrite", action="store_true", help="discard a sweep of another grid already in --out")
+    swp.add_argument("--figure-seeds", type=int, default=2, help="alignment figures per point (default %(default)s)")
+    swp.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_scale_flags(swp)
 
     cmp = sub.add_parser(
         "compare",
@@ -140,7 +154,7 @@ def _parser() -> _Parser:
         help="recovery time against d (the √d escape law) and the router-after-expert delay",
         description="Simulate many seeds at several d in reduced coordinates, stop each once every teacher "
         "expert is recovered (expert and router), and fit the exponent of recovery time against d for the "
-        "first and each later recovery, with a bootstrap 95%% interval.",
+        "first and each later recovery, with a bootstrap 95% interval.",
     )
     _add_problem_flags(scl)
     scl.set_defaults(seeds=32)
@@ -175,28 +189,6 @@ def _parse_settings(text: str) -> list[tuple[float, int]]:
     return pairs
 
 
-def _summary_csv(result) -> str:
-    from .observables import best_match
-
-    index, value = best_match(result.final_expert_alignment())
-    final = result.final_loss()
-    out = io.StringIO()
-    writer = csv.writer(out)
-    m_star = index.shape[1]
-    writer.writerow(
-        ["seed", "final_loss", "t_final", "status", "num_steps"]
-        + [f"best_student_{j + 1}" for j in range(m_star)]
-        + [f"alignment_{j + 1}" for j in range(m_star)]
-    )
-    for s in range(result.num_seeds):
-        writer.writerow(
-            [int(result.seed_index[s]), f"{final[s]:.10e}", f"{result.t_final[s]:.6g}", result.status_names()[s], int(result.num_steps[s])]
-            + [int(i) for i in index[s]]
-            + [f"{v:.6f}" for v in value[s]]
-        )
-    return out.getvalue()
-
-
 def _output_folder(args, command: str, marker: str, config: SimulationConfig) -> Path:
     """The folder to write (default runs/<command>-<date>-<time>), refusing to
     overwrite a finished one; then opt into float64 if asked (the library never does)."""
@@ -215,16 +207,28 @@ def _output_folder(args, command: str, marker: str, config: SimulationConfig) ->
 def _simulate(args) -> int:
     try:
         config = _config_from_args(args)
+        _check_scale_flags(args)
     except ValueError as err:
         raise _UsageError(str(err)) from None
-    out = _output_folder(args, "simulate", "result.npz", config)
+    out = args.out or Path("runs") / time.strftime("simulate-%Y%m%d-%H%M%S")
+    if out.exists() and not out.is_dir():
+        raise _UsageError(f"--out {out} exists and is not a folder")
+    _start_processes(args, config)
     import jax
 
-    from .simulation import simulate
+    from .chunks import finished, run_chunked
     from .init import uses_reduced
     from .plot import save_figures
-    from .results import format_summary, save, write_atomic
+    from .results import format_summary, write_summaries
 
+    if args.overwrite and jax.process_index() == 0:
+        _clear_run(out)
+    try:
+        if finished(out, config):
+            print(f"{out} already holds this run, complete; nothing to do")
+            return 0
+    except ValueError as err:
+        raise _UsageError(f"{err} (--overwrite)") from None
     if config.method == "flow":
         how = f"gradient flow, {config.solver} rtol = {config.rtol:g} atol = {config.atol:g}"
     else:
@@ -233,29 +237,110 @@ def _simulate(args) -> int:
             how += f" B = {config.batch_size}"
         if config.method == "dataset":
             how += f" n = {config.num_samples}"
+    where = f"{jax.local_device_count()} {jax.devices()[0].device_kind} device(s)"
+    if jax.process_count() > 1:
+        where += f" in process {jax.process_index()} of {jax.process_count()}"
     print(
         f"jaxmoe simulate: d = {config.d}, m = {config.m}, m* = {config.m_star}, {config.seeds} seeds, "
         f"{'reduced' if uses_reduced(config) else 'full'} coordinates, t_max = {config.t_max:g}, {how}, "
-        f"{config.dtype} on {jax.devices()[0].device_kind}",
+        f"{config.dtype} on {where}",
         flush=True,
     )
-    print("compiling and running (the bar follows the slowest seed) ...", flush=True)
+    if args.chunk is None or args.chunk >= config.seeds:
+        print("compiling and running (the bar follows the slowest seed) ...", flush=True)
+    else:
+        print(f"compiling and running in chunks of {args.chunk} seeds (resumable: rerun the same command) ...",
+              flush=True)
     start = time.perf_counter()
-    result = simulate(config, progress=not args.quiet)
+    try:
+        result = run_chunked(config, out, chunk=args.chunk, progress=not args.quiet,
+                             log=lambda text: print(text, flush=True))
+    except ValueError as err:
+        raise _UsageError(f"{err} (--overwrite)") from None
     elapsed = time.perf_counter() - start
-    save(result, out)
-    table = format_summary(result)
-    write_atomic(out / "summary.txt", (table + "\n").encode())
-    write_atomic(out / "summary.csv", _summary_csv(result).encode())
+    if result is None:  # another process merges and reports
+        print(f"process {jax.process_index()}: my chunks are saved in {out}/chunks; process 0 merges")
+        return 0
+    write_summaries(result, out)
     figures = save_figures(result, out, max_seeds=args.figure_seeds)
     print()
-    print(table)
+    print(format_summary(result) if result.num_seeds <= 64 else f"(summary of {result.num_seeds} seeds in summary.txt)")
     print()
     failed = [str(s) for s, name in zip(result.seed_index, result.status_names()) if name not in ("success", "converged")]
     if failed:
-        print(f"warning: seeds {', '.join(failed)} did not finish normally (see the status column)")
+        shown = ", ".join(failed[:20]) + (f" and {len(failed) - 20} more" if len(failed) > 20 else "")
+        print(f"warning: seeds {shown} did not finish normally (see the status column)")
     print(f"{result.num_seeds} seeds in {elapsed:.1f} s; wrote {out}/: config.json, result.npz, summary.txt, summary.csv, "
           + ", ".join(p.name for p in figures))
+    return 0
+
+
+def _clear_run(out: Path) -> None:
+    """--overwrite: remove what a previous run left (result, chunks, summaries, figures)."""
+    import shutil
+
+    if (out / "chunks").is_dir():
+        shutil.rmtree(out / "chunks")
+    for name in ("result.npz", "config.json", "summary.txt", "summary.csv"):
+        if (out / name).is_file():
+            (out / name).unlink()
+
+
+def _check_scale_flags(args) -> None:
+    if args.chunk is not None and args.chunk < 1:
+        raise ValueError(f"--chunk must be an integer ≥ 1; got {args.chunk}")
+    from .hosts import distributed_settings
+
+    distributed_settings(args.coordinator, args.num_processes, args.process_id)
+
+
+def _start_processes(args, config) -> None:
+    """Join a multi-process job (if asked), then opt into float64: both before JAX starts."""
+    from .hosts import initialize
+
+    initialize(args.coordinator, args.num_processes, args.process_id)
+    if config.dtype == "float64":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+
+
+def _add_scale_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("large runs (seeds in chunks; several processes with jax.distributed)")
+    g.add_argument("--chunk", type=int, default=None,
+                   help="seeds per chunk; each finished chunk is saved, and rerunning the same command resumes "
+                   "(default: all seeds at once)")
+    g.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS)")
+    g.add_argument("--num-processes", type=int, default=None, help="processes in the job (or JAX_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, default=None, help="this process, 0 … N−1 (or JAX_PROCESS_ID)")
+
+
+def _sweep(args) -> int:
+    try:
+        _check_scale_flags(args)
+        from .sweep import read_grid
+
+        points = read_grid(args.grid)
+    except ValueError as err:
+        raise _UsageError(str(err)) from None
+    out = args.out or Path("runs") / time.strftime(f"sweep-{args.grid.stem}-%Y%m%d-%H%M%S")
+    if out.exists() and not out.is_dir():
+        raise _UsageError(f"--out {out} exists and is not a folder")
+    _start_processes(args, points[0].config)
+    from .sweep import format_index, sweep
+
+    print(f"jaxmoe sweep: {len(points)} points from {args.grid} into {out}", flush=True)
+    try:
+        rows = sweep(points, out, chunk=args.chunk, progress=not args.quiet, overwrite=args.overwrite,
+                     figure_seeds=args.figure_seeds, source=args.grid.read_text(),
+                     log=lambda text: print(text, flush=True))
+    except ValueError as err:
+        raise _UsageError(str(err)) from None
+    if rows is None:
+        return 0
+    print()
+    print(format_index(rows))
+    print(f"\nwrote {out}/: index.md, index.csv, grid.toml, one result folder per point")
     return 0
 
 
@@ -342,8 +427,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"jaxmoe {__version__}")
             return 0
         if args.command is None:
-            raise _UsageError("a command is required: simulate, compare, scaling, prune (see 'jaxmoe --help')")
-        commands = {"simulate": _simulate, "compare": _compare, "scaling": _scaling, "prune": _prune}
+            raise _UsageError("a command is required: simulate, sweep, compare, scaling, prune (see 'jaxmoe --help')")
+        commands = {"simulate": _simulate, "sweep": _sweep, "compare": _compare, "scaling": _scaling, "prune": _prune}
         return commands[args.command](args)
     except _UsageError as err:
         print(f"jaxmoe: error: {err}", file=sys.stderr)

@@ -58,7 +58,9 @@ def _time_axis(ax, result: Result, t_end: float | None = None) -> None:
     t_end = float(np.nanmax(result.t_final)) if t_end is None else t_end
     if result.config.time_grid == "log":
         ax.set_xscale("log")
-        ax.set_xlim(result.times[1], t_end)
+        # Discrete methods round saved times to whole steps, so early ones can be 0.
+        positive = result.times[result.times > 0]
+        ax.set_xlim(positive[0] if positive.size else 1.0, max(t_end, positive[0] * 10 if positive.size else 10.0))
     else:
         ax.set_xlim(0.0, t_end)
 

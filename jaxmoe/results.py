@@ -13,6 +13,7 @@ place with `os.replace`, so a killed run never leaves a half-written file.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 import json
@@ -27,7 +28,7 @@ import numpy as np
 from .config import SimulationConfig
 from .observables import best_match
 
-__all__ = ["Result", "STATUS_NAMES", "save", "load", "format_summary", "write_atomic"]
+__all__ = ["Result", "STATUS_NAMES", "save", "load", "format_summary", "summary_csv", "write_summaries", "write_atomic"]
 
 FORMAT = "jaxmoe.result"
 VERSION = 1
@@ -223,3 +224,33 @@ def format_summary(result: Result) -> str:
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
     return "\n".join(lines)
+
+
+def summary_csv(result: Result) -> str:
+    """One CSV row per seed: final loss, t_final, status, steps, and each teacher
+    expert's best-aligned student expert with its alignment."""
+    index, value = best_match(result.final_expert_alignment())
+    final = result.final_loss()
+    out = io.StringIO()
+    writer = csv.writer(out)
+    m_star = index.shape[1]
+    writer.writerow(
+        ["seed", "final_loss", "t_final", "status", "num_steps"]
+        + [f"best_student_{j + 1}" for j in range(m_star)]
+        + [f"alignment_{j + 1}" for j in range(m_star)]
+    )
+    for s in range(result.num_seeds):
+        writer.writerow(
+            [int(result.seed_index[s]), f"{final[s]:.10e}", f"{result.t_final[s]:.6g}", result.status_names()[s], int(result.num_steps[s])]
+            + [int(i) for i in index[s]]
+            + [f"{v:.6f}" for v in value[s]]
+        )
+    return out.getvalue()
+
+
+def write_summaries(result: Result, folder: str | os.PathLike) -> list[Path]:
+    """``summary.txt`` (`format_summary`) and ``summary.csv`` (`summary_csv`), atomically."""
+    folder = Path(folder)
+    write_atomic(folder / "summary.txt", (format_summary(result) + "\n").encode())
+    write_atomic(folder / "summary.csv", summary_csv(result).encode())
+    return [folder / "summary.txt", folder / "summary.csv"]
