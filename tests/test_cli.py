@@ -33,9 +33,11 @@ def test_simulate_writes_a_complete_folder(tmp_path, capsys):
     # The same configuration from Python gives the same numbers.
     again = jaxmoe.simulate(result.config)
     np.testing.assert_allclose(again.loss, result.loss, rtol=1e-12)
-    # A second run into the same folder is refused unless asked for.
-    assert main(TINY + ["--out", str(out)]) == 2
-    assert "already holds a result" in capsys.readouterr().err
+    # The same run again finds it complete; another configuration is refused unless asked for.
+    assert main(TINY + ["--out", str(out)]) == 0
+    assert "complete; nothing to do" in capsys.readouterr().out
+    assert main(TINY + ["--out", str(out), "--t-max", "6"]) == 2
+    assert "another configuration (t_max: 5.0 → 6.0)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -67,7 +69,7 @@ def test_bad_input_is_one_line_and_exit_code_2(flags, fragment, capsys):
 
 def test_no_command_is_an_error(capsys):
     assert main([]) == 2
-    assert "a command is required: simulate, compare, scaling, prune" in capsys.readouterr().err
+    assert "a command is required: simulate, sweep, compare, scaling, prune" in capsys.readouterr().err
 
 
 def test_console_script_has_no_traceback(tmp_path):
