@@ -266,6 +266,7 @@ def _simulate(args) -> int:
     print()
     print(format_summary(result) if result.num_seeds <= 64 else f"(summary of {result.num_seeds} seeds in summary.txt)")
     print()
+    print(f"status: {result.status_counts()}")
     failed = [str(s) for s, name in zip(result.seed_index, result.status_names()) if name not in ("success", "converged")]
     if failed:
         shown = ", ".join(failed[:20]) + (f" and {len(failed) - 20} more" if len(failed) > 20 else "")

@@ -113,6 +113,11 @@ class Result:
     def status_names(self) -> list[str]:
         return [STATUS_NAMES[int(s)] for s in self.status]
 
+    def status_counts(self) -> str:
+        """``"success 30, step_limit 1, non_finite 1"``: seeds per outcome."""
+        names = self.status_names()
+        return ", ".join(f"{name} {names.count(name)}" for name in STATUS_NAMES if name in names)
+
     def final_loss(self) -> np.ndarray:
         """The last finite loss of each seed, shape (S,)."""
         finite = np.isfinite(self.loss)
