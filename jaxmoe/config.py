@@ -36,6 +36,23 @@ def _is_real(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def _is_finite_real(x) -> bool:
+    """A real number with a finite float value (an int too large for a float is not)."""
+    try:
+        return _is_real(x) and math.isfinite(x)
+    except OverflowError:
+        return False
+
+
+def _show(value) -> str:
+    """``repr(value)`` on one line and at most 60 characters, for error messages."""
+    try:
+        text = " ".join(repr(value).split())
+    except ValueError:  # an int with more digits than Python will print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 @dataclasses.dataclass(frozen=True)
 class SimulationConfig:
     """A student–teacher problem and how to simulate it.
@@ -122,11 +139,12 @@ class SimulationConfig:
         for name in ("d", "m", "m_star", "seeds", "num_times", "max_steps"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
-                raise ValueError(f"{name} must be an integer ≥ 1; got {value!r}")
+                raise ValueError(f"{name} must be an integer ≥ 1; got {_show(value)}")
         if self.num_times < 2:
             raise ValueError(f"num_times must be at least 2; got {self.num_times}")
-        if not _is_int(self.base_seed) or self.base_seed < 0:
-            raise ValueError(f"base_seed must be an integer ≥ 0; got {self.base_seed!r}")
+        # PRNGKey takes at most 64 bits, and without x64 only the low 32 (then 2³² would repeat seed 0).
+        if not _is_int(self.base_seed) or not 0 <= self.base_seed < 2**32:
+            raise ValueError(f"base_seed must be an integer ≥ 0 and < 2**32; got {_show(self.base_seed)}")
         if 2 * self.m_star > self.d:
             raise ValueError(
                 f"the teacher needs 2·m_star ≤ d orthonormal vectors; got m_star = {self.m_star}, d = {self.d}"
@@ -137,14 +155,14 @@ class SimulationConfig:
         if self.loss_threshold is not None:
             positive["loss_threshold"] = self.loss_threshold
         for name, value in positive.items():
-            if not _is_real(value) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+            if not _is_finite_real(value) or value <= 0:
+                raise ValueError(f"{name} must be a finite number > 0; got {_show(value)}")
         if self.recovery_epsilon is not None and (
             not _is_real(self.recovery_epsilon) or not 0 < self.recovery_epsilon < 1
         ):
-            raise ValueError(f"recovery_epsilon must be in (0, 1); got {self.recovery_epsilon!r}")
+            raise ValueError(f"recovery_epsilon must be in (0, 1); got {_show(self.recovery_epsilon)}")
         if not _is_real(self.t_first) or not 0 < self.t_first < 1:
-            raise ValueError(f"t_first must be a fraction of t_max in (0, 1); got {self.t_first!r}")
+            raise ValueError(f"t_first must be a fraction of t_max in (0, 1); got {_show(self.t_first)}")
         choices = {
             "gate": (self.gate, tuple(sorted(ACTIVATIONS))),
             "expert": (self.expert, tuple(sorted(EXPERTS))),
@@ -155,22 +173,22 @@ class SimulationConfig:
             "dtype": (self.dtype, DTYPES),
         }
         for name, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+            if not isinstance(value, str) or value not in allowed:
+                raise ValueError(f"unknown {name} {_show(value)}; allowed: {', '.join(allowed)}")
         if self.solver == "rk4" and self.dt is None:
             raise ValueError("solver 'rk4' takes a fixed step: set dt > 0")
         for name, value in (("method", self.method), ("optimizer", self.optimizer)):
             allowed = METHODS if name == "method" else OPTIMIZERS
-            if value not in allowed:
-                raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
-        if not _is_real(self.learning_rate) or not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be a finite number > 0; got {self.learning_rate!r}")
+            if not isinstance(value, str) or value not in allowed:
+                raise ValueError(f"unknown {name} {_show(value)}; allowed: {', '.join(allowed)}")
+        if not _is_finite_real(self.learning_rate) or self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be a finite number > 0; got {_show(self.learning_rate)}")
         if not _is_real(self.momentum) or not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1); got {self.momentum!r}")
+            raise ValueError(f"momentum must be in [0, 1); got {_show(self.momentum)}")
         if not _is_int(self.batch_size) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be an integer ≥ 1; got {self.batch_size!r}")
+            raise ValueError(f"batch_size must be an integer ≥ 1; got {_show(self.batch_size)}")
         if self.num_samples is not None and (not _is_int(self.num_samples) or self.num_samples < 1):
-            raise ValueError(f"num_samples must be an integer ≥ 1; got {self.num_samples!r}")
+            raise ValueError(f"num_samples must be an integer ≥ 1; got {_show(self.num_samples)}")
         if self.method == "dataset" and self.num_samples is None:
             raise ValueError("method 'dataset' needs num_samples, the size of the training set")
         if self.method != "flow" and self.t_max / self.learning_rate > 1e8:
