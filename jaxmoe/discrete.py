@@ -14,11 +14,15 @@ learning rate η sits at time t = k·η, so its curves overlay the flow's.
 
 The whole run is one `lax.scan` over saved times, each advancing all seeds
 (`jax.vmap`) by the steps up to the next saved time; the scan is compiled once.
+With several local devices the seeds are split between them
+(`devices.shard_seeds`); each seed's data come from its own key, so the
+numbers do not depend on the split.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from typing import NamedTuple
 
 import jax
@@ -27,6 +31,7 @@ import numpy as np
 import optax
 
 from .config import SimulationConfig
+from .devices import shard_seeds
 from .init import seed_key
 from .model import MoE, forward
 from .observables import observe
@@ -121,7 +126,9 @@ def _compiled_train(spec: _Spec, custom: optax.GradientTransformation | None):
 
             student, opt_state = jax.lax.fori_loop(k, target, body, (student, opt_state))
             if spec.progress:
-                jax.debug.callback(_progress.update, target, ordered=True)
+                # Unordered: ordered effects cannot span several devices, and
+                # every device reports the same targets (`update` keeps the largest).
+                jax.debug.callback(_progress.update, target)
             return (student, opt_state, target), observe_all(student, teacher, data)
 
         (student, _, _), saved = jax.lax.scan(interval, (student, opt_state, jnp.asarray(0, save_steps.dtype)), save_steps)
@@ -129,14 +136,21 @@ def _compiled_train(spec: _Spec, custom: optax.GradientTransformation | None):
         saved = jax.tree_util.tree_map(lambda x: jnp.moveaxis(x, 0, 1), saved)
         return saved, student
 
-    return jax.jit(run)
+    # Student, teacher, data and keys carry the seed axis; the step schedule is shared.
+    return shard_seeds(jax.jit(run), num_batched=4)
 
 
 class _Progress:
-    """A tqdm bar over optimisation steps, fed from inside the compiled scan."""
+    """A tqdm bar over optimisation steps, fed from inside the compiled scan.
+
+    With the seeds split over devices, each device reports its own steps,
+    from its own thread and in no set order; the bar shows the furthest
+    step reported (every device runs the same number of steps).
+    """
 
     def __init__(self):
         self.bar = None
+        self.lock = threading.Lock()
 
     def open(self, total: int):
         import tqdm
@@ -144,14 +158,16 @@ class _Progress:
         self.bar = tqdm.tqdm(total=total, unit="step", unit_scale=True, dynamic_ncols=True)
 
     def update(self, step):
-        if self.bar is not None:
-            self.bar.n = int(step)
-            self.bar.refresh()
+        with self.lock:
+            if self.bar is not None and int(step) > self.bar.n:
+                self.bar.n = int(step)
+                self.bar.refresh()
 
     def close(self):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        with self.lock:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
 
 
 _progress = _Progress()

@@ -6,7 +6,9 @@ The whole simulation, top to bottom:
 2. the vector field is ``dθ/dt = −∇L(θ)``, with L the exact population loss
    (`population.py`) — no sampling anywhere;
 3. diffrax integrates it with an adaptive Runge–Kutta method and PID step
-   control, one solve per seed under `jax.vmap`, compiled once;
+   control, one solve per seed under `jax.vmap`, compiled once; with several
+   local devices the seeds are split between them (`devices.shard_seeds`),
+   each device running its own solve;
 4. only the observables (`observables.py`) are saved, at the requested times,
    plus each seed's initial and final student so the run can be replayed.
 
@@ -20,14 +22,17 @@ on its own).
 from __future__ import annotations
 
 import functools
+import threading
 from typing import NamedTuple
 
 import diffrax
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .config import SimulationConfig
+from .devices import num_devices, shard_index, shard_seeds
 from .model import MoE
 from .observables import observe
 from .population import population_loss
@@ -92,6 +97,76 @@ def _status_code(result) -> jax.Array:
     return jnp.where(result == diffrax.RESULTS.successful, 0, code)
 
 
+class _Progress:
+    """One tqdm bar (percent of t_max) for a solve whose seeds may be split over devices.
+
+    diffrax's `TqdmProgressMeter` opens a bar per compiled solve; with the
+    seeds spread over devices every device runs its own solve, and one bar
+    each would fight over the terminal. Instead every device reports the
+    progress of its slowest seed here, and the bar shows the slowest device.
+    """
+
+    def __init__(self):
+        self.bar = None
+        self.done = np.zeros(0)
+        self.lock = threading.Lock()  # devices report from their own threads
+
+    def open(self, blocks: int):
+        import tqdm
+
+        self.done = np.zeros(blocks)
+        self.bar = tqdm.tqdm(total=100, unit="%", bar_format="{percentage:.2f}%|{bar}| [{elapsed}<{remaining}]")
+
+    def report(self, block, fraction):
+        with self.lock:
+            if self.bar is None:
+                return
+            block = int(block)
+            self.done[block] = max(self.done[block], float(fraction))
+            self.bar.n = round(100 * float(self.done.min()), 2)
+            self.bar.refresh()
+
+    def close(self, finished: bool):
+        with self.lock:
+            if self.bar is not None:
+                if finished:  # seeds that stopped early count as done
+                    self.bar.n = 100
+                self.bar.close()
+                self.bar = None
+
+
+_progress = _Progress()
+
+
+class _SlowestSeedMeter(diffrax.AbstractProgressMeter):
+    """Feeds `_progress` from inside the compiled solve: this device's slowest seed.
+
+    Reports every `refresh_steps` steps, through a host callback that does
+    not return anything (so it costs the solve nothing but the call).
+    """
+
+    refresh_steps: int = 50
+
+    def init(self):
+        return jnp.asarray(0), shard_index()
+
+    def step(self, state, progress):
+        count, block = state
+        # The vmapped while loop batches the whole state; the count and the
+        # block are the same in every lane, the progress is not.
+        due = eqxi.nonbatchable(eqxi.unvmap_max(count) % self.refresh_steps == 0)
+        slowest = -eqxi.unvmap_max(-progress)
+        jax.lax.cond(
+            due,
+            lambda: jax.debug.callback(_progress.report, eqxi.unvmap_max(block), slowest),
+            lambda: None,
+        )
+        return count + 1, block
+
+    def close(self, state):
+        del state  # `integrate` closes the host bar once every device is done
+
+
 @functools.lru_cache(maxsize=32)
 def _compiled_solve(spec: _Spec):
     """One jitted, seed-vmapped solve per static specification."""
@@ -145,7 +220,7 @@ def _compiled_solve(spec: _Spec):
             max_steps=spec.max_steps,
             event=event,
             throw=False,
-            progress_meter=diffrax.TqdmProgressMeter(refresh_steps=50) if spec.progress else diffrax.NoProgressMeter(),
+            progress_meter=_SlowestSeedMeter() if spec.progress else diffrax.NoProgressMeter(),
         )
         saved_ts, final_ts = solution.ts
         saved, (router, expert) = solution.ys
@@ -167,7 +242,8 @@ def _compiled_solve(spec: _Spec):
         return saved, router, expert, final_ts[0], solution.stats["num_steps"], status
 
     batched = jax.vmap(solve_one, in_axes=(0, 0, 0, 0, None, None, None))
-    return jax.jit(batched)
+    # The four model arrays carry the seed axis; times and thresholds are shared.
+    return shard_seeds(jax.jit(batched), num_batched=4)
 
 
 def integrate(config: SimulationConfig, teacher: MoE, student: MoE, times: np.ndarray, *, progress: bool = False) -> dict:
@@ -197,10 +273,20 @@ def integrate(config: SimulationConfig, teacher: MoE, student: MoE, times: np.nd
     threshold = jnp.asarray(config.loss_threshold or -1.0, dtype)
     # Alignments never exceed 1, so 2 disables the recovery stop.
     recovered_at = jnp.asarray(2.0 if config.recovery_epsilon is None else 1.0 - config.recovery_epsilon, dtype)
-    saved, router, expert, t_final, num_steps, status = _compiled_solve(spec)(
-        student.router, student.expert, teacher.router, teacher.expert, jnp.asarray(times, dtype), threshold,
-        recovered_at,
-    )
-    return jax.device_get(
-        dict(saved=saved, router=router, expert=expert, t_final=t_final, num_steps=num_steps, status=status)
-    )
+    solve = _compiled_solve(spec)
+    if progress:
+        _progress.open(num_devices())
+    finished = False
+    try:
+        saved, router, expert, t_final, num_steps, status = solve(
+            student.router, student.expert, teacher.router, teacher.expert, jnp.asarray(times, dtype), threshold,
+            recovered_at,
+        )
+        out = jax.device_get(
+            dict(saved=saved, router=router, expert=expert, t_final=t_final, num_steps=num_steps, status=status)
+        )
+        finished = True
+    finally:
+        if progress:
+            _progress.close(finished)
+    return out

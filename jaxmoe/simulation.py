@@ -4,7 +4,8 @@ It resolves the configuration, draws each seed's teacher and student (the
 same for every method: the draw depends on the seed and on the coordinates
 used), hands them to the method — `flow.integrate` for gradient flow,
 `discrete.train` for optax, online SGD and finite training sets — and wraps
-the arrays in a `Result`.
+the arrays in a `Result`. Both spread the seeds over all local devices
+(`devices.py`); ``Result.run["devices"]`` records how many.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import optax
 
 from . import discrete, flow
 from .config import SimulationConfig
+from .devices import num_devices
 from .init import init_problem, uses_reduced
 from .model import MoE
 from .results import Result
@@ -151,6 +153,8 @@ def simulate(
             "wall_time_s": wall,
             "jax": jax.__version__,
             "device": jax.devices()[0].device_kind,
+            # The seeds are split over every local device (devices.py).
+            "devices": num_devices(),
             "python": platform.python_version(),
         },
     )
