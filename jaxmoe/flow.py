@@ -122,6 +122,7 @@ class _Progress:
             if self.bar is None:
                 return
             block = int(block)
+            # −inf: no seed advanced since the last report (all stopped, or a rejected step).
             self.done[block] = max(self.done[block], float(fraction))
             self.bar.n = round(100 * float(self.done.min()), 2)
             self.bar.refresh()
@@ -139,10 +140,15 @@ _progress = _Progress()
 
 
 class _SlowestSeedMeter(diffrax.AbstractProgressMeter):
-    """Feeds `_progress` from inside the compiled solve: this device's slowest seed.
+    """Feeds `_progress` from inside the compiled solve: this device's slowest running seed.
 
     Reports every `refresh_steps` steps, through a host callback that does
     not return anything (so it costs the solve nothing but the call).
+
+    Under vmap a seed that has stopped (early stop or failure) keeps its
+    frozen state while the loop body still runs for it; counting it would
+    freeze the bar at the first seed to stop. Its step counter is frozen too,
+    so the seeds still running are those whose counter equals the largest.
     """
 
     refresh_steps: int = 50
@@ -152,10 +158,9 @@ class _SlowestSeedMeter(diffrax.AbstractProgressMeter):
 
     def step(self, state, progress):
         count, block = state
-        # The vmapped while loop batches the whole state; the count and the
-        # block are the same in every lane, the progress is not.
-        due = eqxi.nonbatchable(eqxi.unvmap_max(count) % self.refresh_steps == 0)
-        slowest = -eqxi.unvmap_max(-progress)
+        newest = eqxi.unvmap_max(count)
+        due = eqxi.nonbatchable(newest % self.refresh_steps == 0)
+        slowest = -eqxi.unvmap_max(jnp.where(count == newest, -progress, -jnp.inf))
         jax.lax.cond(
             due,
             lambda: jax.debug.callback(_progress.report, eqxi.unvmap_max(block), slowest),
