@@ -160,6 +160,7 @@ def scaling(
 
 
 def format_fits(fits: list[ScalingFit]) -> str:
+    """The fitted exponents as a markdown table, one row per recovery rank."""
     lines = ["| recovery | exponent b (t ∝ d^b) | 95% bootstrap interval | prefactor | seeds used | not recovered |",
              "|---|---|---|---|---|---|"]
     for f in fits:
@@ -168,6 +169,7 @@ def format_fits(fits: list[ScalingFit]) -> str:
 
 
 def format_delays(results: dict[int, Result], epsilon: float) -> str:
+    """Per d: recovered pairs, the share whose router aligned after its expert, and delay quartiles."""
     lines = ["| d | pairs | router after expert | median delay | q25 | q75 |", "|---|---|---|---|---|---|"]
     for d, r in results.items():
         delay = guided_delay(r, epsilon)
@@ -181,6 +183,7 @@ def format_delays(results: dict[int, Result], epsilon: float) -> str:
 
 
 def plot_scaling(fits: list[ScalingFit], results: dict[int, Result], epsilon: float):
+    """Recovery times against d with the fitted lines and √d (left); delays per d (right)."""
     from .plot import _colors, _pyplot
 
     plt = _pyplot()
@@ -208,6 +211,9 @@ def plot_scaling(fits: list[ScalingFit], results: dict[int, Result], epsilon: fl
     ax[1].boxplot(data)
     ax[1].set_xticks(range(1, len(dims) + 1), [f"{int(d):g}" for d in dims])
     ax[1].axhline(0, color="k", lw=0.5)
+    # A few pairs switch students late, with delays of thousands; symlog keeps
+    # the bulk (a few time units) readable beside them.
+    ax[1].set_yscale("symlog", linthresh=10.0)
     ax[1].set_xlabel("dimension d")
     ax[1].set_ylabel("router recovery − expert recovery (time)")
     ax[1].set_title("guided by the experts: the router follows its expert", fontsize=9)
