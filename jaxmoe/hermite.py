@@ -63,10 +63,15 @@ def _gaussian_cdf(z):
 class Activation:
     """A router activation σ, known to the exact kernel by its Hermite coefficients.
 
+    The kernel sees σ only through ``c_n = E[σ(z) He_n(z)]``, z ~ N(0, 1)
+    (`hermite_coefficients`; DESIGN §2), so any smooth gate can be plugged in.
+
     **Arguments:**
 
-    - `name`: the registry name (``"sigmoid"``, ``"erf"``, ``"tanh"``) or a
-      label for a user-defined activation.
+    - `name`: the registry name (``"sigmoid"``, ``"erf"``) or a label for a
+      user-defined activation. The name is the identity: activations with the
+      same name compare equal and share cached coefficient tables, so give a
+      user-defined activation a name of its own.
     - `numpy_fn`: σ on NumPy float64 arrays, used once to compute the
       coefficients.
     - `jax_fn`: σ on JAX arrays, used by the forward pass and Monte Carlo.
@@ -74,6 +79,17 @@ class Activation:
     The activation must be smooth (analytic in a strip around the real axis)
     for the Mehler series to converge to double precision; all built-in
     activations are.
+
+    Example::
+
+        import math
+        gate = jaxmoe.Activation(
+            "probit-half",  # Φ(z/√2)
+            lambda z: 0.5 * (1.0 + np.vectorize(math.erf)(z / 2.0)),
+            lambda z: 0.5 * (1.0 + jax.scipy.special.erf(z / 2.0)),
+        )
+        gate.coefficients(4)        # c_0 … c_3, float64
+        gate(jnp.zeros(3))          # σ(0) = 0.5
     """
 
     name: str
@@ -84,7 +100,7 @@ class Activation:
         return self.jax_fn(z)
 
     def coefficients(self, n: int = _N_COEFFS) -> np.ndarray:
-        """``c_k = E[σ(z) He_k(z)]`` for ``k < n`` (float64, host)."""
+        """``c_k = E[σ(z) He_k(z)]``, z ~ N(0, 1), for ``k < n``: shape ``(n,)``, float64, host."""
         return hermite_coefficients(self, n)
 
 
@@ -113,7 +129,17 @@ ACTIVATIONS: dict[str, Activation] = {
 
 
 def get_activation(name: str | Activation) -> Activation:
-    """Look an activation up by name; an `Activation` is returned unchanged."""
+    """Look an activation up by name; an `Activation` is returned unchanged.
+
+    **Arguments:** `name`, a key of `ACTIVATIONS` (``"sigmoid"``, ``"erf"``)
+    or an `Activation`.
+
+    **Returns:** the `Activation`. **Raises:** `ValueError` for an unknown name.
+
+    Example::
+
+        jaxmoe.get_activation("erf")(jnp.array([0.0, 1.0]))   # Φ(0) = 0.5, Φ(1) ≈ 0.8413
+    """
     if isinstance(name, Activation):
         return name
     if not isinstance(name, str) or name not in ACTIVATIONS:
@@ -127,11 +153,20 @@ def get_activation(name: str | Activation) -> Activation:
 class HermiteExpert:
     """A polynomial expert ``P(z) = Σ_k a_k He_k(z)`` written in the Hermite basis.
 
+    He_k are the probabilists' Hermite polynomials (He_0 = 1, He_1 = z,
+    He_{k+1} = z He_k − k He_{k−1}); the exact kernel uses the coefficients
+    a_k directly (DESIGN §2).
+
     **Arguments:**
 
     - `coefficients`: ``(a_0, a_1, ..., a_K)``; the paper's expert is He3,
       ``(0, 0, 0, 1)``.
     - `name`: a label used in configuration files and error messages.
+
+    Example::
+
+        p = jaxmoe.HermiteExpert((0.0, 1.0, 0.0, 0.5), name="he1+he3/2")   # z + ½(z³ − 3z)
+        p(2.0), p.degree            # (3.0, 3)
     """
 
     coefficients: tuple[float, ...]
@@ -147,6 +182,7 @@ class HermiteExpert:
 
     @property
     def degree(self) -> int:
+        """The largest k with a_k ≠ 0 (0 for a constant)."""
         nonzero = [k for k, a in enumerate(self.coefficients) if a != 0.0]
         return max(nonzero, default=0)
 
@@ -167,7 +203,14 @@ EXPERTS: dict[str, HermiteExpert] = {
 
 
 def get_expert(name: str | HermiteExpert) -> HermiteExpert:
-    """Look a polynomial expert up by name (``"he1"`` … ``"he4"``)."""
+    """Look a polynomial expert up by name (``"he1"`` … ``"he4"``); a `HermiteExpert` is returned unchanged.
+
+    **Returns:** the `HermiteExpert`. **Raises:** `ValueError` for an unknown name.
+
+    Example::
+
+        jaxmoe.get_expert("he3")(2.0)    # He3(2) = 2³ − 3·2 = 2.0
+    """
     if isinstance(name, HermiteExpert):
         return name
     if not isinstance(name, str) or name not in EXPERTS:
@@ -209,10 +252,23 @@ def _normalised_coefficients(activation: Activation, n: int) -> np.ndarray:
 def hermite_coefficients(activation: str | Activation, n: int = _N_COEFFS) -> np.ndarray:
     """Hermite coefficients ``c_k = E[σ(z) He_k(z)]``, z ~ N(0, 1), for ``k < n``.
 
+    Computed as ``c_k = √(k!) ∫ σ(z) ψ_k(z) φ(z)^{1/2} dz`` with the normalised
+    Hermite functions ``ψ_k`` (module docstring) by the trapezoidal rule;
+    coefficients below about 1e-15 of the largest are set to zero.
+
     For the sigmoid: c0 = 0.5, c1 = 0.20662096, c3 = −0.06239648, even k ≥ 2
-    vanish.
+    vanish (DESIGN §1). For the probit gate Φ, Gaussian integration by parts
+    gives ``c_k = E[Φ^{(k)}(z)]``, e.g. ``c_1 = E[φ(z)] = 1/(2√π)``.
+
+    **Arguments:** `activation`, a name or an `Activation`; `n`, the number of
+    coefficients (at most 200 are computed, the highest index used).
 
     **Returns:** a float64 NumPy array of length `n`.
+
+    Example::
+
+        jaxmoe.hermite_coefficients("sigmoid", 4)   # [0.5, 0.20662096, 0.0, -0.06239648]
+        jaxmoe.hermite_coefficients("erf", 2)[1]    # 1/(2√π) ≈ 0.28209479
     """
     activation = get_activation(activation)
     gamma = _normalised_coefficients(activation, n)
@@ -224,6 +280,9 @@ def hermite_coefficients(activation: str | Activation, n: int = _N_COEFFS) -> np
 def mehler_table(left: Activation, right: Activation, max_order: int) -> np.ndarray:
     """Power-series coefficients of ``H_{j,l}(ρ)`` for ``0 ≤ j, l ≤ max_order``.
 
+    ``H_{j,l}(ρ) = E[σ_left^{(j)}(a₁) σ_right^{(l)}(a₂)]`` for standard
+    Gaussians a₁, a₂ with correlation ρ; Mehler's formula with
+    ``E[σ^{(j)} He_n] = c_{n+j}`` gives (DESIGN §2)
     ``H_{j,l}(ρ) = Σ_{n<N} T[n, j, l] ρⁿ`` with
     ``T[n, j, l] = c^left_{n+j} c^right_{n+l} / n!``, computed as
     ``γ_{n+j} γ_{n+l} √((n+j)!/n!) √((n+l)!/n!)`` from the normalised
@@ -232,7 +291,17 @@ def mehler_table(left: Activation, right: Activation, max_order: int) -> np.ndar
     the sigmoid is about 140 terms and leaves an error near 1e-16 even at
     ``|ρ| = 1`` (the diagonal terms of the loss).
 
+    **Arguments:** `left`, `right`: `Activation` objects (not names: the
+    table is cached on them); `max_order`: the largest derivative order.
+
     **Returns:** float64 array of shape ``(N, max_order + 1, max_order + 1)``.
+
+    Example::
+
+        sigmoid = jaxmoe.get_activation("sigmoid")
+        table = jaxmoe.mehler_table(sigmoid, sigmoid, 3)        # (140, 4, 4)
+        np.polynomial.polynomial.polyval(0.3, table[:, 0, 0])   # E[σ(a₁)σ(a₂)] at ρ = 0.3
+        table[:, 0, 0].sum()                                    # ρ = 1: E[σ²] = 0.29337904
     """
     ga = _normalised_coefficients(left, _N_COEFFS)
     gb = _normalised_coefficients(right, _N_COEFFS)
@@ -265,8 +334,20 @@ def mehler_chebyshev(left: Activation, right: Activation, max_order: int) -> np.
     about 45 terms reach double precision. The kernel evaluates this shorter
     series; the Taylor table stays the definition it is tested against.
 
+    The coefficients come from interpolation at 256 Chebyshev points of the
+    first kind (a discrete cosine transform of the Taylor table's values),
+    cut where every tail coefficient is below 1e-14 of its function's scale.
+
+    **Arguments:** as for `mehler_table`.
+
     **Returns:** float64 array ``C`` of shape ``(K, max_order + 1, max_order + 1)``
     with ``H_{j,l}(ρ) = Σ_k C[k, j, l] T_k(ρ)``.
+
+    Example::
+
+        sigmoid = jaxmoe.get_activation("sigmoid")
+        cheb = jaxmoe.hermite.mehler_chebyshev(sigmoid, sigmoid, 3)   # (29, 4, 4)
+        np.polynomial.chebyshev.chebval(0.3, cheb[:, 0, 0])           # = the Taylor series at 0.3
     """
     taylor = mehler_table(left, right, max_order)  # (N, J, L)
     nodes = 256

@@ -46,6 +46,12 @@ def init_teacher(
 ) -> MoE:
     """A teacher whose 2m* router and expert vectors are orthonormal.
 
+    ``v*_j·v*_l = w*_j·w*_l = δ_jl`` and ``v*_j·w*_l = 0`` (DESIGN §1). The
+    random frame is the Q factor of the QR decomposition of a d × 2m*
+    Gaussian matrix, its column signs fixed by the signs of R's diagonal,
+    which makes it exactly Haar distributed ("How to generate random matrices
+    from the classical compact groups", Mezzadri).
+
     **Arguments:**
 
     - `m_star`: number of teacher experts m*; needs 2m* ≤ d.
@@ -53,8 +59,16 @@ def init_teacher(
     - `key`: a PRNG key for a uniformly random (Haar) orthonormal frame; with
       `None` the teacher is axis-aligned: routers e_1 … e_{m*}, experts
       e_{m*+1} … e_{2m*}.
+    - `gate`, `expert_fn`: router activation and expert polynomial (see `MoE`).
+    - `dtype`: array dtype (default: JAX's default float dtype).
 
     **Returns:** an `MoE` with arrays of shape ``(m_star, d)``.
+
+    Example::
+
+        teacher = jaxmoe.init_teacher(2, 10, key=jax.random.PRNGKey(0))
+        frame = jnp.concatenate([teacher.router, teacher.expert])    # (4, 10)
+        jnp.allclose(frame @ frame.T, jnp.eye(4))                    # True
     """
     _check_sizes(m_star, d, "m_star")
     if 2 * m_star > d:
@@ -71,7 +85,19 @@ def init_teacher(
 
 
 def orthogonalise_router(router, expert):
-    """``v − (w̄·v) w̄`` row by row: each router orthogonal to its own expert."""
+    """``v_i − (w̄_i·v_i) w̄_i`` row by row: each router orthogonal to its own expert.
+
+    The last step of the paper's student initialisation (DESIGN §1).
+
+    **Arguments:** `router` and `expert` of shape ``(..., m, d)``.
+
+    **Returns:** the new routers, shape ``(..., m, d)``.
+
+    Example::
+
+        v = jaxmoe.init.orthogonalise_router(jnp.array([[1.0, 1.0]]), jnp.array([[2.0, 0.0]]))
+        v                                       # [[0.0, 1.0]]
+    """
     w = unit(expert)
     return router - jnp.sum(router * w, axis=-1, keepdims=True) * w
 
@@ -85,11 +111,20 @@ def init_student(
     expert_fn: str | HermiteExpert = "he3",
     dtype=None,
 ) -> MoE:
-    """The paper's student initialisation in d dimensions.
+    """The paper's student initialisation in d dimensions (arXiv 2510.07205; DESIGN §1).
 
     ``v̂_i, w_i ~ N(0, I_d/d)`` independently, then ``v_i = v̂_i − (w̄_i·v̂_i) w̄_i``.
+    Its overlaps with any fixed unit vector are of order d^(-1/2).
+
+    **Arguments:** `m` student experts, dimension `d`, PRNG `key`; `gate`,
+    `expert_fn` and `dtype` as for `init_teacher`.
 
     **Returns:** an `MoE` with arrays of shape ``(m, d)``.
+
+    Example::
+
+        student = jaxmoe.init_student(6, 100, key=jax.random.PRNGKey(1))
+        jnp.sum(student.router * student.expert, axis=-1)     # ≈ 0 (rounding): v_i ⟂ w_i
     """
     _check_sizes(m, d, "m")
     dtype = dtype or jnp.zeros(()).dtype
@@ -101,13 +136,26 @@ def init_student(
 
 
 def seed_key(base_seed: int, index) -> PRNGKeyArray:
-    """The key of seed `index`: the same whether simulated alone or in a batch."""
+    """The key of seed `index`: ``fold_in(PRNGKey(base_seed), index)``.
+
+    The same whether the seed is simulated alone or in a batch; `index` may be
+    a traced integer (under `jax.vmap`).
+
+    Example::
+
+        key = jaxmoe.init.seed_key(0, 17)    # seed 17 of base seed 0, in any batch
+    """
     return jax.random.fold_in(jax.random.PRNGKey(base_seed), index)
 
 
 def reduced_dimension(m: int, m_star: int) -> int:
-    """Coordinates of the reduced simulation: the span of the teacher's 2m*
-    vectors and the student's 2m initial vectors."""
+    """Coordinates of the reduced simulation, ``k = 2(m + m*)``: the span of
+    the teacher's 2m* vectors and the student's 2m initial vectors (DESIGN §3).
+
+    Example::
+
+        jaxmoe.init.reduced_dimension(25, 5)     # 60, for any d
+    """
     return 2 * (m + m_star)
 
 
@@ -120,6 +168,13 @@ def uses_reduced(config) -> bool:
     Online SGD and finite training sets add a new direction with every sample,
     and Adam's per-coordinate scaling depends on the basis: those run in d
     coordinates, from the d-dimensional initialisation of the same seed.
+
+    **Arguments:** `config`, a `SimulationConfig`. **Returns:** a bool.
+
+    Example::
+
+        jaxmoe.init.uses_reduced(jaxmoe.SimulationConfig(d=1000))                   # True
+        jaxmoe.init.uses_reduced(jaxmoe.SimulationConfig(d=1000, method="online"))  # False
     """
     from .config import ROTATION_EQUIVARIANT
 
@@ -164,7 +219,15 @@ def init_reduced(
 
     Nothing allocated grows with d, so d = 10⁹ costs what d = 10³ does.
 
+    **Arguments:** `m`, `m_star`, `d` (needs d > 2(m + m*)), the PRNG `key`;
+    `gate`, `expert_fn` and `dtype` as for `init_teacher`.
+
     **Returns:** ``(teacher, student)`` with arrays ``(m*, k)`` and ``(m, k)``.
+
+    Example::
+
+        teacher, student = jaxmoe.init.init_reduced(4, 2, 10**6, key=jax.random.PRNGKey(0))
+        teacher.router.shape, student.router.shape    # ((2, 12), (4, 12))
     """
     _check_sizes(m, d, "m")
     _check_sizes(m_star, d, "m_star")
@@ -199,6 +262,15 @@ def init_problem(config, seed_index) -> tuple[MoE, MoE]:
 
     **Returns:** ``(teacher, student)``, `MoE` models whose arrays have a leading
     seed axis: ``(S, m*, D)`` and ``(S, m, D)``, D = 2(m + m*) or d.
+
+    Each seed's key is `seed_key` (base_seed, index), so seed k draws the same
+    teacher and student alone or in any batch.
+
+    Example::
+
+        config = jaxmoe.SimulationConfig(d=100, m=4, m_star=2, seeds=3)
+        teacher, student = jaxmoe.init.init_problem(config, np.arange(3))
+        student.router.shape       # (3, 4, 12): reduced coordinates
     """
     draw = _compiled_draw(
         config.m, config.m_star, config.d, config.gate, config.expert, config.teacher, config.base_seed,
@@ -233,7 +305,20 @@ def project_to_span(teacher: MoE, student: MoE) -> tuple[MoE, MoE]:
     dimension 2(m + m*) instead of d. Batched over a leading seed axis when
     the arrays have one.
 
+    The basis is the Q factor of the QR decomposition of the d × 2(m + m*)
+    matrix of all vectors (teacher routers, experts, then student's) (DESIGN §3).
+
+    **Arguments:** `teacher` ``([S,] m*, d)``, `student` ``([S,] m, d)``.
+
     **Returns:** ``(teacher, student)`` with last dimension ``min(d, 2(m + m*))``.
+
+    Example::
+
+        k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+        teacher = jaxmoe.init_teacher(2, 50, key=k1)
+        student = jaxmoe.init_student(4, 50, key=k2)
+        t, s = jaxmoe.init.project_to_span(teacher, student)     # arrays (2, 12), (4, 12)
+        jaxmoe.population_loss(s, t) - jaxmoe.population_loss(student, teacher)   # ≈ 0
     """
     def one(t_router, t_expert, s_router, s_expert):
         vectors = jnp.concatenate([t_router, t_expert, s_router, s_expert])  # (2(m*+m), d)

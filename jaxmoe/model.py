@@ -21,6 +21,10 @@ __all__ = ["MoE", "forward", "unit"]
 class MoE(eqx.Module):
     """A mixture of experts: one router vector and one expert vector per expert.
 
+    It computes ``f(θ, x) = Σ_i σ(v̄_i·x) P(w̄_i·x)`` (`forward`), the soft-routed
+    model of "Guided by the Experts: Provable Feature Learning Dynamic of
+    Soft-Routed Mixture-of-Experts" (arXiv 2510.07205; DESIGN §1).
+
     **Arguments:**
 
     - `router`: router vectors v_i, shape ``(m, d)``.
@@ -32,6 +36,12 @@ class MoE(eqx.Module):
 
     The same class is used for the teacher and for the student. Under
     `jax.vmap` the arrays carry leading batch axes (one per seed).
+
+    Example::
+
+        key_v, key_w = jax.random.split(jax.random.PRNGKey(0))
+        model = jaxmoe.MoE(jax.random.normal(key_v, (3, 10)), jax.random.normal(key_w, (3, 10)), gate="erf")
+        model.num_experts, model.dim      # (3, 10)
     """
 
     router: Float[Array, "m d"]
@@ -50,15 +60,24 @@ class MoE(eqx.Module):
 
     @property
     def num_experts(self) -> int:
+        """m, the number of experts (the axis before the last)."""
         return self.router.shape[-2]
 
     @property
     def dim(self) -> int:
+        """The dimension of the vectors: d, or the reduced 2(m + m*)."""
         return self.router.shape[-1]
 
 
 def unit(v: Float[Array, "... d"]) -> Float[Array, "... d"]:
-    """Rows scaled to unit Euclidean norm."""
+    """Rows scaled to unit Euclidean norm: ``v̄ = v/‖v‖`` along the last axis.
+
+    **Arguments:** `v` of shape ``(..., d)``. **Returns:** the same shape.
+
+    Example::
+
+        jaxmoe.unit(jnp.array([[3.0, 4.0], [0.0, 2.0]]))   # [[0.6, 0.8], [0.0, 1.0]]
+    """
     return v / jnp.linalg.norm(v, axis=-1, keepdims=True)
 
 
@@ -72,7 +91,11 @@ def forward(model: MoE, x: Float[Array, "n d"]) -> Float[Array, " n"]:
 
     **Returns:** the outputs, shape ``(n,)``.
 
-    Example: ``forward(teacher, jax.random.normal(key, (8, teacher.dim)))``.
+    Example::
+
+        teacher = jaxmoe.init_teacher(2, 10, key=jax.random.PRNGKey(0))
+        x = jax.random.normal(jax.random.PRNGKey(1), (8, teacher.dim))
+        jaxmoe.forward(teacher, x).shape      # (8,)
     """
     if x.ndim != 2 or x.shape[-1] != model.dim:
         raise ValueError(f"x must have shape (n, {model.dim}); got {x.shape}")

@@ -5,7 +5,9 @@ Alignments are cosines between student and teacher directions:
     expert_alignment[i, j] = w̄_i · w̄*_j,   router_alignment[i, j] = v̄_i · v̄*_j
 
 They are invariant under rotations, so they read the same in full and in
-reduced coordinates.
+reduced coordinates. The host-side helpers below turn saved alignments into
+the events of arXiv 2510.07205: when each teacher expert is recovered, in
+which order, and when the initial plateau ends.
 """
 
 from __future__ import annotations
@@ -33,14 +35,36 @@ OBSERVABLES = ("loss", "expert_alignment", "router_alignment")
 
 
 def alignment(a: Float[Array, "m d"], b: Float[Array, "k d"]) -> Float[Array, "m k"]:
-    """Cosines ``ā_i · b̄_j`` between the rows of `a` and the rows of `b`."""
+    """Cosines ``ā_i · b̄_j`` between the rows of `a` and the rows of `b`.
+
+    **Arguments:** `a` of shape ``(m, d)``, `b` of shape ``(k, d)``.
+
+    **Returns:** shape ``(m, k)``; e.g. ``alignment(student.expert, teacher.expert)``
+    is the matrix of expert alignments ``w̄_i·w̄*_j``.
+
+    Example::
+
+        jaxmoe.alignment(jnp.array([[1.0, 0.0], [1.0, 1.0]]), jnp.array([[2.0, 0.0]]))   # [[1.0], [0.7071]]
+    """
     return unit(a) @ unit(b).T
 
 
 def observe(student: MoE, teacher: MoE) -> dict[str, Array]:
     """The observables saved at every requested time.
 
+    The exact population loss ``L = ½ E[(f_student(x) − f_teacher(x))²]``
+    (`population_loss`) and the alignments ``w̄_i·w̄*_j``, ``v̄_i·v̄*_j``.
+
+    **Arguments:** one `student` ``(m, D)`` and one `teacher` ``(m*, D)``
+    (use `jax.vmap` for seeds).
+
     **Returns:** ``{"loss": (), "expert_alignment": (m, m*), "router_alignment": (m, m*)}``.
+
+    Example::
+
+        k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+        obs = jaxmoe.observe(jaxmoe.init_student(4, 50, key=k2), jaxmoe.init_teacher(2, 50, key=k1))
+        obs["expert_alignment"].shape    # (4, 2), entries of order 50^(-1/2)
     """
     return {
         "loss": population_loss(student, teacher),
@@ -52,9 +76,16 @@ def observe(student: MoE, teacher: MoE) -> dict[str, Array]:
 def best_match(expert_alignment: np.ndarray):
     """For each teacher expert j, the student expert with the largest alignment.
 
+    ``index_j = argmax_i a_ij`` and ``value_j = max_i a_ij`` (signed: an
+    anti-aligned expert does not count).
+
     **Arguments:** alignments of shape ``(..., m, m_star)`` (NumPy, on the host).
 
     **Returns:** ``(index, value)``, each of shape ``(..., m_star)``.
+
+    Example::
+
+        jaxmoe.best_match(np.array([[0.9, 0.1], [0.2, -0.95], [0.3, 0.6]]))   # ([0, 2], [0.9, 0.6])
     """
     index = np.argmax(expert_alignment, axis=-2)
     value = np.max(expert_alignment, axis=-2)
@@ -64,10 +95,20 @@ def best_match(expert_alignment: np.ndarray):
 def first_crossing(curve: np.ndarray, times: np.ndarray, level: float) -> np.ndarray:
     """First time each curve reaches `level`, linearly interpolated between saved times.
 
-    **Arguments:** `curve` of shape ``(..., T)``, `times` of shape ``(T,)``.
+    With k the first saved index where ``c_k ≥ level``:
+    ``t = t_{k−1} + (level − c_{k−1}) / (c_k − c_{k−1}) · (t_k − t_{k−1})``
+    (``t_0`` if k = 0).
+
+    **Arguments:** `curve` of shape ``(..., T)``, `times` of shape ``(T,)``,
+    `level` a number.
 
     **Returns:** shape ``(...)``; ``inf`` where the curve never reaches the level
     (NaN values count as not reaching it).
+
+    Example::
+
+        times = np.array([0.0, 1.0, 2.0, 3.0])
+        jaxmoe.observables.first_crossing(np.array([0.0, 0.4, 0.8, 1.0]), times, 0.6)   # 1.5
     """
     curve = np.asarray(curve, dtype=float)
     above = np.nan_to_num(curve, nan=-np.inf) >= level
@@ -93,8 +134,15 @@ def recovery(alignment: np.ndarray, times: np.ndarray, epsilon: float = 0.05):
     **Arguments:** `alignment` of shape ``(S, T, m, m*)``, `times` ``(T,)``.
 
     **Returns:** ``(time, student)``, each ``(S, m*)``: the recovery time
-    (``inf`` if never) and the student expert that is best aligned at that
-    moment (−1 if never).
+    ``min{t : max_i alignment[i, j](t) ≥ 1 − ε}`` (``inf`` if never) and the
+    student expert that is best aligned at the first saved time at or after
+    it (−1 if never).
+
+    Example::
+
+        result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
+        time, student = jaxmoe.observables.recovery(result.expert_alignment, result.times, epsilon=0.05)
+        time.shape, student.shape     # ((2, 2), (2, 2))
     """
     if not 0 < epsilon < 1:
         raise ValueError(f"epsilon must be in (0, 1); got {epsilon!r}")
@@ -113,6 +161,10 @@ def recovery_order(time: np.ndarray) -> np.ndarray:
     **Arguments:** recovery times ``(S, m*)`` from `recovery` (``inf`` never).
 
     **Returns:** ``(S, m*)`` integer ranks; teachers never recovered rank last.
+
+    Example::
+
+        jaxmoe.observables.recovery_order(np.array([[3.0, np.inf, 1.0]]))   # [[1, 2, 0]]
     """
     return np.argsort(np.argsort(time, axis=1, kind="stable"), axis=1, kind="stable")
 
@@ -120,12 +172,35 @@ def recovery_order(time: np.ndarray) -> np.ndarray:
 def plateau_end(alignment: np.ndarray, times: np.ndarray, level: float = 0.5) -> np.ndarray:
     """End of the initial plateau: the first time any student expert reaches
     alignment `level` with any teacher expert (escape from the O(d^(-1/2))
-    overlaps of the initialisation). Shape ``(S,)``; ``inf`` if never."""
+    overlaps of the initialisation), ``min{t : max_{i,j} alignment[i, j](t) ≥ level}``,
+    linearly interpolated (`first_crossing`).
+
+    **Arguments:** `alignment` ``(S, T, m, m*)``, `times` ``(T,)``, `level`.
+
+    **Returns:** shape ``(S,)``; ``inf`` if never.
+
+    Example::
+
+        result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
+        jaxmoe.observables.plateau_end(result.expert_alignment, result.times)   # (2,)
+    """
     best = np.nanmax(np.nan_to_num(alignment, nan=-np.inf), axis=(2, 3))  # (S, T)
     return first_crossing(best, times, level)
 
 
 def quartiles(values: np.ndarray, axis: int = 0) -> dict[str, np.ndarray]:
-    """Median and quartiles over seeds; ``inf`` entries (never happened) count as larger than all."""
+    """Median and quartiles over seeds; ``inf`` entries (never happened) count as larger than all.
+
+    NumPy's ``quantile(…, method="lower")``: each is an actual entry, never an
+    interpolation with ``inf``.
+
+    **Arguments:** `values` (any shape), `axis` the seed axis.
+
+    **Returns:** ``{"q25", "median", "q75"}``, arrays with `axis` removed.
+
+    Example::
+
+        jaxmoe.observables.quartiles(np.array([4.0, 1.0, np.inf, 2.0, 3.0]))   # q25 2, median 3, q75 4
+    """
     q = np.quantile(np.asarray(values, dtype=float), [0.25, 0.5, 0.75], axis=axis, method="lower")
     return {"q25": q[0], "median": q[1], "q75": q[2]}
