@@ -105,6 +105,16 @@ class SimulationConfig:
       `momentum`), ``"adam"``, ``"rmsprop"``; used by the discrete methods
       (online and dataset training use it too). `learning_rate` η: step k
       sits at time t = k·η.
+
+    **Raises:** `ValueError` with a one-line message naming the field, for any
+    invalid value or combination (e.g. 2·m_star > d, ``"rk4"`` without `dt`,
+    ``"dataset"`` without `num_samples`).
+
+    Example::
+
+        config = jaxmoe.SimulationConfig(d=1000, m=25, m_star=5, seeds=8, t_max=500.0)
+        sgd = config.replace(method="online", learning_rate=0.01, batch_size=512)
+        jaxmoe.SimulationConfig.from_dict(sgd.to_dict()) == sgd      # True
     """
 
     d: int = 1000
@@ -203,6 +213,7 @@ class SimulationConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field by name: plain JSON-ready values (`from_dict` reverses it)."""
         return dataclasses.asdict(self)
 
     @classmethod
@@ -217,4 +228,5 @@ class SimulationConfig:
         return cls(**data)
 
     def to_json(self) -> str:
+        """`to_dict` as indented JSON with sorted keys."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

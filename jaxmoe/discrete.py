@@ -47,8 +47,19 @@ _DATA_STREAM = 0x5EED
 def make_optimizer(config) -> optax.GradientTransformation:
     """The optax transformation a configuration names, at its learning rate.
 
-    `config` is a `SimulationConfig` (or anything with ``optimizer``,
-    ``learning_rate`` and ``momentum``).
+    ``"sgd"``: ``optax.sgd(η)``, the step ``θ ← θ − η g``; ``"momentum"`` and
+    ``"nesterov"``: ``optax.sgd`` with heavy-ball or Nesterov momentum μ;
+    ``"adam"``: ``optax.adam(η)`` ("Adam: A Method for Stochastic
+    Optimization", arXiv 1412.6980); ``"rmsprop"``: ``optax.rmsprop(η)``.
+
+    **Arguments:** `config`, a `SimulationConfig` (or anything with
+    ``optimizer``, ``learning_rate`` η and ``momentum`` μ).
+
+    **Returns:** an `optax.GradientTransformation`.
+
+    Example::
+
+        opt = jaxmoe.make_optimizer(jaxmoe.SimulationConfig(optimizer="momentum", learning_rate=0.01))
     """
     lr = config.learning_rate
     return {
@@ -61,7 +72,19 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def step_schedule(config: SimulationConfig, times: np.ndarray) -> np.ndarray:
-    """The step index of each saved time: ``round(t / η)``; time ``k·η`` is what is reported."""
+    """The step index of each saved time: ``k = round(t / η)``; time ``k·η`` is what is reported.
+
+    Step k of learning rate η sits at gradient-flow time ``t = k·η`` (DESIGN §4).
+
+    **Arguments:** a `SimulationConfig` (its `learning_rate` η), `times` ``(T,)``.
+
+    **Returns:** int64 array ``(T,)``.
+
+    Example::
+
+        config = jaxmoe.SimulationConfig(learning_rate=0.05)
+        jaxmoe.discrete.step_schedule(config, np.array([0.0, 0.12, 1.0]))   # [0, 2, 20]
+    """
     return np.rint(np.asarray(times) / config.learning_rate).astype(np.int64)
 
 
@@ -185,10 +208,37 @@ def train(
 ) -> dict:
     """Discrete training of a batch of seeds (arrays with a leading seed axis).
 
-    **Returns:** a dict with the saved observables (``loss``, alignments and,
-    for ``dataset``, ``train_loss``; each (S, T, …)), the final ``router`` and
-    ``expert``, ``t_final``, ``num_steps`` and ``status`` per seed, and the
-    ``times`` actually saved (multiples of η).
+    Each step applies the optimiser to a gradient g_k (for plain SGD,
+    ``θ_{k+1} = θ_k − η g_k``): the gradient of the exact population loss
+    (``"optax"``), or of the empirical loss
+    ``½ (1/B) Σ_b (f_student(x_b) − f_teacher(x_b))²`` over a fresh Gaussian
+    batch (``"online"``) or a batch of the seed's training set
+    (``"dataset"``). `jaxmoe.simulate` is the usual entry point.
+
+    **Arguments:**
+
+    - `config`: the `SimulationConfig` (method, optimizer, η, B, n).
+    - `teacher`, `student`: `MoE` with arrays ``(S, m*, D)``, ``(S, m, D)``;
+      D = d for ``"online"`` and ``"dataset"``.
+    - `seed_index`: ``(S,)``, keys the data of each seed (`seed_key`).
+    - `times`: the requested saved times ``(T,)``, rounded to whole steps.
+    - `transformation`: an optax transformation used instead of
+      ``config.optimizer`` (its step must be ``config.learning_rate``).
+    - `progress`: a progress bar over steps.
+
+    **Returns:** a dict: ``saved``, the observables (``{"loss": (S, T),
+    "expert_alignment", "router_alignment": (S, T, m, m*)}`` and, for
+    ``dataset``, ``"train_loss": (S, T)``); the final ``router`` and
+    ``expert`` ``(S, m, D)``; ``t_final``, ``num_steps`` and ``status`` per
+    seed ``(S,)``; and the ``times`` actually saved (multiples of η), ``(T,)``.
+
+    Example::
+
+        config = jaxmoe.SimulationConfig(d=50, m=4, m_star=2, seeds=2, t_max=5.0, num_times=11,
+                                         time_grid="linear", method="online", batch_size=64)
+        teacher, student = jaxmoe.init.init_problem(config, np.arange(2))   # d coordinates
+        out = jaxmoe.discrete.train(config, teacher, student, np.arange(2), jaxmoe.time_grid(config))
+        out["saved"]["loss"].shape, out["times"][:3]     # (2, 11), [0.0, 0.5, 1.0]
     """
     save_steps = step_schedule(config, times)
     dtype = student.router.dtype

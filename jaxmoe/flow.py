@@ -64,7 +64,19 @@ _SOLVERS = {
 
 
 def time_grid(config: SimulationConfig) -> np.ndarray:
-    """The saved times: linear on [0, t_max], or 0 then geometric up to t_max."""
+    """The saved times: linear on [0, t_max], or 0 then geometric up to t_max.
+
+    With T = `num_times`: ``"linear"`` gives ``t_k = k·t_max/(T − 1)``, k = 0 … T − 1;
+    ``"log"`` gives ``t_0 = 0`` and ``t_k = t_max·t_first^{(T−1−k)/(T−2)}``,
+    k = 1 … T − 1 (geometric from ``t_first·t_max`` to ``t_max``).
+
+    **Arguments:** a `SimulationConfig`. **Returns:** float64 NumPy array ``(T,)``.
+
+    Example::
+
+        jaxmoe.time_grid(jaxmoe.SimulationConfig(t_max=100.0, num_times=4))                       # [0, 0.1, 3.16, 100]
+        jaxmoe.time_grid(jaxmoe.SimulationConfig(t_max=100.0, num_times=3, time_grid="linear"))   # [0, 50, 100]
+    """
     if config.time_grid == "linear":
         return np.linspace(0.0, config.t_max, config.num_times)
     geometric = np.geomspace(config.t_first * config.t_max, config.t_max, config.num_times - 1)
@@ -72,7 +84,23 @@ def time_grid(config: SimulationConfig) -> np.ndarray:
 
 
 def vector_field(student: MoE, teacher: MoE) -> MoE:
-    """``−∇L`` with respect to the student's router and expert vectors."""
+    """``dθ/dt = −∇L(θ)`` with respect to the student's router and expert vectors.
+
+    L is the exact `population_loss` (DESIGN §1–2), differentiated by
+    `jax.grad`. L depends on v_i, w_i only through their directions, so
+    ``v_i·∂L/∂v_i = w_i·∂L/∂w_i = 0``: the flow conserves every norm.
+
+    **Arguments:** one `student` ``(m, D)``, one `teacher` ``(m*, D)``.
+
+    **Returns:** an `MoE` holding ``−∂L/∂v_i`` and ``−∂L/∂w_i``, shapes ``(m, D)``.
+
+    Example::
+
+        k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+        teacher, student = jaxmoe.init_teacher(2, 20, key=k1), jaxmoe.init_student(4, 20, key=k2)
+        field = jaxmoe.flow.vector_field(student, teacher)
+        jnp.sum(field.router * student.router, axis=-1)      # ≈ 0: norms are conserved
+    """
     gradient = jax.grad(population_loss)(student, teacher)
     return jax.tree_util.tree_map(jnp.negative, gradient)
 
@@ -252,11 +280,33 @@ def _compiled_solve(spec: _Spec):
 
 
 def integrate(config: SimulationConfig, teacher: MoE, student: MoE, times: np.ndarray, *, progress: bool = False) -> dict:
-    """Gradient flow of a batch of seeds (models with a leading seed axis).
+    """Gradient flow ``dθ/dt = −∇L(θ)`` of a batch of seeds (models with a leading seed axis).
 
-    **Returns:** a dict with the saved observables (``loss``, alignments; each
-    (S, T, …)), the final ``router`` and ``expert``, and per seed ``t_final``,
-    ``num_steps`` and ``status`` (an index into `STATUS_NAMES`).
+    Solved by diffrax (``config.solver`` with PID step control, or fixed-step
+    rk4), each seed stopping on its own at the loss threshold, at full
+    recovery (``config.recovery_epsilon``) or when its state turns non-finite.
+    `jaxmoe.simulate` is the usual entry point; this is the step it calls.
+
+    **Arguments:**
+
+    - `config`: the `SimulationConfig` (solver, tolerances, stopping rules).
+    - `teacher`, `student`: `MoE` with arrays ``(S, m*, D)`` and ``(S, m, D)``,
+      in the dtype to integrate in.
+    - `times`: the saved times ``(T,)``, from 0 (e.g. `time_grid`).
+    - `progress`: show a progress bar (the slowest running seed).
+
+    **Returns:** a dict of host arrays: ``saved``, the observables at `times`
+    (``{"loss": (S, T), "expert_alignment": (S, T, m, m*), "router_alignment":
+    (S, T, m, m*)}``); the final ``router`` and ``expert`` ``(S, m, D)``; and
+    per seed ``t_final``, ``num_steps`` and ``status`` (an index into
+    `STATUS_NAMES`), each ``(S,)``.
+
+    Example::
+
+        config = jaxmoe.SimulationConfig(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
+        teacher, student = jaxmoe.init.init_problem(config, np.arange(2))
+        out = jaxmoe.flow.integrate(config, teacher, student, jaxmoe.time_grid(config))
+        out["saved"]["loss"].shape, out["status"]        # (2, 301), one status per seed
     """
     if config.solver == "rk4" and config.max_steps < np.ceil(config.t_max / config.dt):
         raise ValueError(

@@ -80,6 +80,12 @@ class Result:
       student at `t_final`.
     - `train_loss` (S, T) or None: the training-set loss (method "dataset").
     - `config`: the `SimulationConfig`; `run`: facts about the run.
+
+    Example::
+
+        result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
+        result.loss.shape, result.expert_alignment.shape    # (2, 301), (2, 301, 4, 2)
+        result.final_loss(), result.status_counts()
     """
 
     config: SimulationConfig
@@ -102,15 +108,18 @@ class Result:
 
     @property
     def num_seeds(self) -> int:
+        """S, the number of seeds."""
         return int(self.loss.shape[0])
 
     def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays written to ``result.npz``, by name (`train_loss` only when present)."""
         out = {name: getattr(self, name) for name in _ARRAYS}
         if self.train_loss is not None:
             out["train_loss"] = self.train_loss
         return out
 
     def status_names(self) -> list[str]:
+        """``STATUS_NAMES[status[s]]`` for every seed s."""
         return [STATUS_NAMES[int(s)] for s in self.status]
 
     def status_counts(self) -> str:
@@ -140,7 +149,18 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that `path` is either absent, old, or complete."""
+    """Write `data` to `path` so that `path` is either absent, old, or complete.
+
+    The bytes go to a temporary file in the same folder, are flushed to disk
+    (`os.fsync`) and moved over `path` with `os.replace`, which is atomic on
+    POSIX file systems; on any error the temporary file is removed.
+
+    **Arguments:** `path` (its folder must exist), `data` bytes.
+
+    Example::
+
+        jaxmoe.results.write_atomic("note.txt", "hello".encode())
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -159,6 +179,14 @@ def save(result: Result, folder: str | os.PathLike) -> Path:
     """Write ``config.json`` and ``result.npz`` into `folder` (created if needed).
 
     ``result.npz`` is written last: its presence marks a complete result.
+    Both files are written by `write_atomic`.
+
+    **Returns:** the folder, as a `pathlib.Path`.
+
+    Example::
+
+        result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
+        jaxmoe.save(result, "runs/example")
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -173,8 +201,18 @@ def save(result: Result, folder: str | os.PathLike) -> Path:
 def load(folder: str | os.PathLike) -> Result:
     """Read a result folder written by `save` (or the CLI). Never unpickles.
 
+    **Returns:** the `Result`, arrays as saved (``np.load`` with
+    ``allow_pickle=False``).
+
     **Raises:** `ValueError` with a one-line reason when the folder is missing,
     foreign, corrupted or inconsistent.
+
+    Example::
+
+        result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
+        jaxmoe.save(result, "runs/example")
+        again = jaxmoe.load("runs/example")
+        np.array_equal(again.loss, result.loss)      # True
     """
     folder = Path(folder)
     config_path, npz_path = folder / "config.json", folder / "result.npz"
@@ -213,7 +251,16 @@ def format_summary(result: Result) -> str:
     """A per-seed table: final loss, each teacher expert's best student expert, status.
 
     Columns ``j*`` read ``i:alignment``, the student expert i whose expert
-    vector is best aligned with teacher expert j at the end, and its w̄_i·w̄*_j.
+    vector is best aligned with teacher expert j at the end, and its w̄_i·w̄*_j
+    (`best_match` of the final student). The final loss is each seed's last
+    finite loss (`Result.final_loss`).
+
+    **Returns:** the table as one string, a header line then one line per seed.
+
+    Example::
+
+        result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
+        print(jaxmoe.format_summary(result))
     """
     index, value = best_match(result.final_expert_alignment())  # (S, m*)
     final = result.final_loss()
@@ -233,7 +280,18 @@ def format_summary(result: Result) -> str:
 
 def summary_csv(result: Result) -> str:
     """One CSV row per seed: final loss, t_final, status, steps, and each teacher
-    expert's best-aligned student expert with its alignment."""
+    expert's best-aligned student expert with its alignment.
+
+    Columns: ``seed, final_loss, t_final, status, num_steps``, then
+    ``best_student_j`` and ``alignment_j`` for j = 1 … m* (as in `format_summary`).
+
+    **Returns:** the CSV text, header included.
+
+    Example::
+
+        result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
+        print(jaxmoe.results.summary_csv(result))
+    """
     index, value = best_match(result.final_expert_alignment())
     final = result.final_loss()
     out = io.StringIO()
@@ -254,7 +312,18 @@ def summary_csv(result: Result) -> str:
 
 
 def write_summaries(result: Result, folder: str | os.PathLike) -> list[Path]:
-    """``summary.txt`` (`format_summary`) and ``summary.csv`` (`summary_csv`), atomically."""
+    """``summary.txt`` (`format_summary`) and ``summary.csv`` (`summary_csv`), atomically.
+
+    **Arguments:** a `Result` and an existing `folder`.
+
+    **Returns:** the two paths written.
+
+    Example::
+
+        result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
+        jaxmoe.save(result, "runs/example")
+        jaxmoe.results.write_summaries(result, "runs/example")
+    """
     folder = Path(folder)
     write_atomic(folder / "summary.txt", (format_summary(result) + "\n").encode())
     write_atomic(folder / "summary.csv", summary_csv(result).encode())

@@ -65,6 +65,11 @@ def simulate(
 ) -> Result:
     """Train a batch of seeds by the configured method; report on the flow's time axis.
 
+    ``method="flow"`` integrates the gradient flow ``dθ/dt = −∇L(θ)`` of the
+    exact population loss ``L(θ) = ½ E[(f_student(x) − f_teacher(x))²]``
+    (`flow.integrate`); the discrete methods take optimiser steps, step k
+    reported at time ``t = k·η`` (`discrete.train`; DESIGN §4).
+
     **Arguments:**
 
     - `config`: a `SimulationConfig`; defaults to the paper's Figure 1 setting
@@ -89,7 +94,7 @@ def simulate(
 
         result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=3, t_max=200.0)
         print(jaxmoe.format_summary(result))
-        sgd = jaxmoe.simulate(result.config, method="online", learning_rate=0.01, batch_size=512)
+        sgd = jaxmoe.simulate(result.config, method="online", learning_rate=0.05, batch_size=256, t_max=20.0)
     """
     if config is None:
         config = SimulationConfig()
