@@ -35,7 +35,26 @@ DEFAULT_SETTINGS = ((0.05, 256), (0.02, 1024), (0.01, 4096), (0.005, 16384))
 
 @dataclasses.dataclass(frozen=True)
 class CompareRow:
-    """One method's line in the comparison table."""
+    """One method's line in the comparison table (`compare`, `format_table`).
+
+    - `method`: ``"flow"`` or ``"online"``; `learning_rate` η and `batch_size`
+      B (``None`` for the flow).
+    - `wall_time_s`: the run's wall time, compilation excluded; `steps`: solver
+      steps (the most over seeds) or SGD steps t_max/η; `samples`: inputs
+      drawn per seed, steps·B.
+    - `max_deviation`: ``max_{s,t,i,j} |a_ij(t) − a^flow_ij(t)|`` over router
+      and expert alignments, the flow's linearly interpolated to the SGD times.
+    - `recovery_time`: for k = 1 … m*, the median over seeds of each seed's
+      k-th recovery time ``min{t : max_i w̄_i·w̄*_j(t) ≥ 1 − ε}`` (sorted over j).
+    - `within`: ``max_deviation ≤ tolerance``.
+
+    Example::
+
+        import jaxmoe.compare
+        config = jaxmoe.SimulationConfig(d=50, m=4, m_star=2, seeds=2, t_max=10.0, num_times=21)
+        rows, results = jaxmoe.compare.compare(config, settings=((0.05, 64),))
+        rows[1].max_deviation, rows[1].within
+    """
 
     method: str
     learning_rate: float | None
@@ -92,14 +111,28 @@ def compare(
     **Arguments:**
 
     - `config`: the problem (d, m, m*, seeds, t_max, num_times, tolerances);
-      its method and mode are ignored.
+      its method, mode, time grid and loss threshold are ignored.
     - `settings`: ``(η, B)`` pairs for online SGD.
     - `epsilon`: recovery means alignment ≥ 1 − ε.
     - `tolerance`: a run is "within" when its alignment curves stay within
       this distance of the flow's at every saved time.
 
+    - `log`: where progress lines go (default `print`).
+
+    The flow runs on the exact span coordinates of the same d-dimensional draw
+    (`init.project_to_span`), SGD in d dimensions; both save on a linear grid
+    of times t (t = steps·η for SGD; DESIGN §4) and never stop early. Each run is timed
+    after a short warm-up run of the same shapes, so compilation is excluded.
+
     **Returns:** ``(rows, results)``: one `CompareRow` per method (the flow
     first) and the `Result` of each, keyed ``"flow"`` and ``"online-eta…-B…"``.
+
+    Example::
+
+        import jaxmoe.compare
+        config = jaxmoe.SimulationConfig(d=50, m=4, m_star=2, seeds=2, t_max=10.0, num_times=21)
+        rows, results = jaxmoe.compare.compare(config, settings=((0.05, 64),))
+        print(jaxmoe.compare.format_table(rows))
     """
     settings = [(float(eta), int(batch)) for eta, batch in settings]
     if not settings:
@@ -154,7 +187,15 @@ def headline(rows: list[CompareRow]) -> str:
 
 
 def format_table(rows: list[CompareRow]) -> str:
-    """A markdown table of the rows."""
+    """A markdown table of the rows: one line per `CompareRow`, one recovery column per teacher expert.
+
+    Example::
+
+        import jaxmoe.compare
+        config = jaxmoe.SimulationConfig(d=50, m=4, m_star=2, seeds=2, t_max=10.0, num_times=21)
+        rows, results = jaxmoe.compare.compare(config, settings=((0.05, 64),))
+        print(jaxmoe.compare.format_table(rows))
+    """
     m_star = len(rows[0].recovery_time)
     head = ["method", "η", "B", "wall time (s)", "steps", "samples/seed", "max Δ alignment", "within"]
     head += [f"recovery {k + 1} (median t)" for k in range(m_star)]
@@ -213,7 +254,21 @@ def plot_overlay(results: dict[str, Result], seed: int = 0):
 
 
 def write_compare(rows, results, folder: str | os.PathLike) -> list[Path]:
-    """Write each run's result folder, the table (markdown, CSV) and the overlay figure."""
+    """Write each run's result folder, the table (markdown, CSV) and the overlay figure.
+
+    **Arguments:** `rows`, `results` from `compare`; `folder` (created if needed).
+    Writes ``folder/<name>/`` per run (`jaxmoe.save`), ``compare.md`` (table
+    and headline), ``compare.csv``, ``config.json`` and ``overlay.png``.
+
+    **Returns:** the paths of ``compare.md``, ``compare.csv`` and ``overlay.png``.
+
+    Example::
+
+        import jaxmoe.compare
+        config = jaxmoe.SimulationConfig(d=50, m=4, m_star=2, seeds=2, t_max=10.0, num_times=21)
+        rows, results = jaxmoe.compare.compare(config, settings=((0.05, 64),))
+        jaxmoe.compare.write_compare(rows, results, "runs/compare")
+    """
     from .plot import _write_png
 
     folder = Path(folder)

@@ -40,6 +40,7 @@ def figure(ax=None, **subplots):
 
     Example::
 
+        import jaxmoe.plot
         fig, ax = jaxmoe.plot.figure(ncols=2, figsize=(8, 3))
     """
     if ax is None:
@@ -87,6 +88,7 @@ def plot_alignments(result: Result, seed: int = 0, ax=None):
 
     Example::
 
+        import jaxmoe.plot
         result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
         fig = jaxmoe.plot.plot_alignments(result, seed=1)
         fig.savefig("alignment.png")
@@ -132,6 +134,7 @@ def plot_loss(result: Result, ax=None):
 
     Example::
 
+        import jaxmoe.plot
         result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
         fig = jaxmoe.plot.plot_loss(result)
     """
@@ -170,6 +173,7 @@ def save_figures(result: Result, folder: str | os.PathLike, max_seeds: int = 4) 
 
     Example::
 
+        import jaxmoe.plot
         result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
         jaxmoe.plot.save_figures(result, "runs/example", max_seeds=1)   # loss.png, alignment_seed0.png
     """

@@ -46,7 +46,21 @@ DEFAULT_DIMENSIONS = (100, 1_000, 10_000, 100_000)
 
 @dataclasses.dataclass(frozen=True)
 class ScalingFit:
-    """``t ≈ a d^b`` for one recovery rank."""
+    """``t ≈ a d^b`` for one recovery rank (`fit_exponent`); the theory's b is ½.
+
+    - `rank`: k, the k-th recovery of each seed (1 = first).
+    - `exponent` b with its bootstrap 95% interval [`low`, `high`], and the
+      `prefactor` a.
+    - `points`: seeds that recovered, over all d; `missing`: seeds that had
+      not recovered by t_max.
+
+    Example::
+
+        import jaxmoe.scaling
+        config = jaxmoe.SimulationConfig(m=4, m_star=2, seeds=2)
+        fits, results = jaxmoe.scaling.scaling(config, dims=(100, 400), t_max=300.0, bootstrap=100)
+        fits[0].exponent, (fits[0].low, fits[0].high)
+    """
 
     rank: int  # 1 = first recovery of each seed
     exponent: float
@@ -62,11 +76,23 @@ def fit_exponent(
 ) -> tuple[float, float, float, float]:
     """Least-squares slope of log t against log d, with a bootstrap 95% interval.
 
-    **Arguments:** `dims` (G,), and for each d an array of times (non-finite
-    entries are ignored). Resampling draws seeds with replacement within each
-    d, so the interval reflects seed-to-seed scatter.
+    Fits ``log t = log a + b log d`` over all (d, seed) points by ordinary
+    least squares; `low`, `high` are the 2.5% and 97.5% quantiles of b over
+    `bootstrap` resamples.
 
-    **Returns:** ``(exponent, low, high, prefactor)``.
+    **Arguments:** `dims` (G,), and for each d an array of times (non-finite
+    or non-positive entries are ignored). Resampling draws seeds with
+    replacement within each d, so the interval reflects seed-to-seed scatter.
+    `seed` seeds NumPy's generator.
+
+    **Returns:** ``(exponent, low, high, prefactor)`` = ``(b, low, high, a)``;
+    all NaN when fewer than two dimensions have a finite time.
+
+    Example::
+
+        import jaxmoe.scaling
+        times = [np.array([10.0, 11.0]), np.array([31.0, 33.0]), np.array([100.0, 105.0])]
+        jaxmoe.scaling.fit_exponent(np.array([1e2, 1e3, 1e4]), times)   # b ≈ 0.495: t ∝ √d
     """
     groups = [np.log(t[np.isfinite(t) & (t > 0)]) for t in times]
     x_groups = [np.full(len(g), np.log(d)) for g, d in zip(groups, dims)]
@@ -94,9 +120,18 @@ def guided_delay(result: Result, epsilon: float = 0.05) -> np.ndarray:
     For teacher expert j, let i be the student expert that recovers it (first
     ``w̄_i·w̄*_j ≥ 1 − ε``) at time t_w; t_v is the first time the same student's
     router reaches ``v̄_i·v̄*_j ≥ 1 − ε``. A positive delay t_v − t_w is the
-    router following its expert. NaN where either never happens.
+    router following its expert ("guided by the experts", arXiv 2510.07205).
+    NaN where either never happens.
+
+    **Arguments:** a `Result` (alignments ``(S, T, m, m*)``), `epsilon`.
 
     **Returns:** ``(S, m*)``.
+
+    Example::
+
+        import jaxmoe.scaling
+        result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
+        jaxmoe.scaling.guided_delay(result)       # (2, 2), NaN where not recovered
     """
     t_expert, student = recovery(result.expert_alignment, result.times, epsilon)
     safe = np.maximum(student, 0)
@@ -131,9 +166,24 @@ def scaling(
     - `dims`: the dimensions.
     - `epsilon`: recovery means alignment ≥ 1 − ε.
     - `t_max`: horizon per d (default `default_t_max`).
+    - `bootstrap`: resamples for the intervals (`fit_exponent`).
+    - `log`, `progress`: progress lines (default `print`) and the solver's bar.
+
+    Every d runs gradient flow (in reduced coordinates unless `config` says
+    ``mode="full"``) on a log time grid of
+    at least 400 points, each seed stopping once ``max_i w̄_i·w̄*_j ≥ 1 − ε``
+    and ``max_i v̄_i·v̄*_j ≥ 1 − ε`` for every j. The k-th recovery times,
+    sorted within each seed, are fitted to ``t_k ≈ a d^b`` by `fit_exponent`.
 
     **Returns:** ``(fits, results)``: one `ScalingFit` per recovery rank and
-    the `Result` of each d.
+    the `Result` of each d (a dict keyed by d).
+
+    Example::
+
+        import jaxmoe.scaling
+        config = jaxmoe.SimulationConfig(m=4, m_star=2, seeds=2)
+        fits, results = jaxmoe.scaling.scaling(config, dims=(100, 400), t_max=300.0, bootstrap=100)
+        print(jaxmoe.scaling.format_fits(fits))
     """
     dims = [int(d) for d in dims]
     if len(dims) < 2 or len(set(dims)) != len(dims):
@@ -160,7 +210,15 @@ def scaling(
 
 
 def format_fits(fits: list[ScalingFit]) -> str:
-    """The fitted exponents as a markdown table, one row per recovery rank."""
+    """The fitted exponents as a markdown table, one row per recovery rank.
+
+    Example::
+
+        import jaxmoe.scaling
+        config = jaxmoe.SimulationConfig(m=4, m_star=2, seeds=2)
+        fits, results = jaxmoe.scaling.scaling(config, dims=(100, 400), t_max=300.0, bootstrap=100)
+        print(jaxmoe.scaling.format_fits(fits))
+    """
     lines = ["| recovery | exponent b (t ∝ d^b) | 95% bootstrap interval | prefactor | seeds used | not recovered |",
              "|---|---|---|---|---|---|"]
     for f in fits:
@@ -169,7 +227,19 @@ def format_fits(fits: list[ScalingFit]) -> str:
 
 
 def format_delays(results: dict[int, Result], epsilon: float) -> str:
-    """Per d: recovered pairs, the share whose router aligned after its expert, and delay quartiles."""
+    """Per d: recovered pairs, the share whose router aligned after its expert, and delay quartiles.
+
+    A markdown table of `guided_delay` over seeds and teacher experts.
+
+    **Arguments:** `results` keyed by d (from `scaling`), `epsilon`.
+
+    Example::
+
+        import jaxmoe.scaling
+        config = jaxmoe.SimulationConfig(m=4, m_star=2, seeds=2)
+        fits, results = jaxmoe.scaling.scaling(config, dims=(100, 400), t_max=300.0, bootstrap=100)
+        print(jaxmoe.scaling.format_delays(results, epsilon=0.05))
+    """
     lines = ["| d | pairs | router after expert | median delay | q25 | q75 |", "|---|---|---|---|---|---|"]
     for d, r in results.items():
         delay = guided_delay(r, epsilon)
@@ -183,7 +253,19 @@ def format_delays(results: dict[int, Result], epsilon: float) -> str:
 
 
 def plot_scaling(fits: list[ScalingFit], results: dict[int, Result], epsilon: float):
-    """Recovery times against d with the fitted lines and √d (left); delays per d (right)."""
+    """Recovery times against d with the fitted lines and √d (left); delays per d (right).
+
+    **Arguments:** `fits`, `results` from `scaling`; the `epsilon` they used.
+
+    **Returns:** the matplotlib figure.
+
+    Example::
+
+        import jaxmoe.scaling
+        config = jaxmoe.SimulationConfig(m=4, m_star=2, seeds=2)
+        fits, results = jaxmoe.scaling.scaling(config, dims=(100, 400), t_max=300.0, bootstrap=100)
+        fig = jaxmoe.scaling.plot_scaling(fits, results, epsilon=0.05)
+    """
     from .plot import _colors, _pyplot
 
     plt = _pyplot()
@@ -222,7 +304,21 @@ def plot_scaling(fits: list[ScalingFit], results: dict[int, Result], epsilon: fl
 
 
 def write_scaling(fits, results, folder: str | os.PathLike, epsilon: float, config: SimulationConfig) -> list[Path]:
-    """Result folder per d, fits and delays (markdown, CSV), figure, config.json."""
+    """Result folder per d, fits and delays (markdown, CSV), figure, config.json.
+
+    Writes ``folder/d<d>/`` per dimension (`jaxmoe.save`), ``scaling.csv``
+    (per seed: sorted recovery times and delays), ``fit.csv``, ``scaling.md``,
+    ``config.json`` and ``scaling.png``.
+
+    **Returns:** the paths of ``scaling.md``, ``scaling.csv``, ``fit.csv`` and ``scaling.png``.
+
+    Example::
+
+        import jaxmoe.scaling
+        config = jaxmoe.SimulationConfig(m=4, m_star=2, seeds=2)
+        fits, results = jaxmoe.scaling.scaling(config, dims=(100, 400), t_max=300.0, bootstrap=100)
+        jaxmoe.scaling.write_scaling(fits, results, "runs/scaling", 0.05, config)
+    """
     from .plot import _write_png
 
     folder = Path(folder)
