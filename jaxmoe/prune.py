@@ -36,11 +36,12 @@ where 0.574 = 2·0.287 is another expert's eigenvalue).
 
 Example::
 
-    result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2)
-    pruned = prune(result)                     # rule "best"
-    pruned.kept                                # (S, m*) student kept per teacher
-    pruned.rate, 2 * pruned.smallest_tangent   # fitted rate, predicted 2·λ_min
-    save_prune(pruned, "runs/example/prune")   # config.json, result.npz, prune.csv, figures
+    import jaxmoe.prune
+    result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2, t_max=200.0)
+    pruned = jaxmoe.prune.prune(result)                    # rule "best"
+    pruned.kept                                            # (S, m*) student kept per teacher
+    pruned.rate, pruned.predicted_rate                     # fitted rate r, predicted 2·λ_min
+    jaxmoe.prune.save_prune(pruned, "runs/example/prune")  # config.json, result.npz, prune.csv, figures
 
 From the command line: ``jaxmoe prune RUN_FOLDER [--rule best] [--t-max 200]``.
 """
@@ -132,7 +133,10 @@ def greedy_match(score: np.ndarray) -> np.ndarray:
 
     **Returns:** ``kept`` of shape ``(m*,)``: the student index kept for each teacher.
 
-    Example: ``greedy_match(np.array([[0.9, 0.8], [0.5, 0.7]]))`` is ``[0, 1]``.
+    Example::
+
+        import jaxmoe.prune
+        jaxmoe.prune.greedy_match(np.array([[0.9, 0.8], [0.5, 0.7]]))   # [0, 1]
     """
     score = np.asarray(score, dtype=float)
     if score.ndim != 2 or score.shape[0] < score.shape[1]:
@@ -163,6 +167,14 @@ class Selection:
       contribution to the output along teacher expert j (exact kernel).
     - `below_threshold`: rule ``"threshold"`` only (all False otherwise):
       teacher j's kept student has alignment score below the threshold.
+    - `rule`, `threshold`: the settings it was made with.
+
+    Example::
+
+        import jaxmoe.prune
+        result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2, t_max=200.0)
+        selection = jaxmoe.prune.select_experts(result, rule="threshold", threshold=0.99)
+        selection.kept, selection.alignment, selection.below_threshold
     """
 
     rule: str
@@ -219,8 +231,19 @@ def select_experts(result: Result, *, rule: str = "best", threshold: float = 0.9
       router: an expert aligned with w*_j behind a misaligned router
       contributes less.
 
+    **Arguments:** a finished `Result`; `rule`, one of `RULES`; `threshold`
+    in (0, 1), used by rule ``"threshold"``.
+
+    **Returns:** a `Selection`, arrays ``(S, m*)``.
+
     **Raises:** `ValueError` for an unknown rule, a threshold outside (0, 1),
     m < m*, or a seed whose final student is not finite.
+
+    Example::
+
+        import jaxmoe.prune
+        result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2, t_max=200.0)
+        jaxmoe.prune.select_experts(result, rule="contribution").kept    # (2, 2)
     """
     _check_rule(rule, threshold)
     m, m_star = result.config.m, result.config.m_star
@@ -261,7 +284,18 @@ def pruned_problem(result: Result, kept: np.ndarray) -> tuple[MoE, MoE]:
     The pruned student's expert j is the run's final student expert
     ``kept[s, j]``, so pruned experts are numbered like the teacher's.
 
-    **Returns:** ``(teacher, student)`` with arrays ``(S, m*, D)``.
+    **Arguments:** a `Result` and `kept` ``(S, m*)`` (`Selection.kept`).
+
+    **Returns:** ``(teacher, student)`` with arrays ``(S, m*, D)``, ready for
+    ``simulate(…, initial=(teacher, student))``.
+
+    Example::
+
+        import jaxmoe.prune
+        result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2, t_max=200.0)
+        kept = jaxmoe.prune.select_experts(result).kept
+        teacher, student = jaxmoe.prune.pruned_problem(result, kept)
+        student.router.shape        # (2, 2, 16): S, m*, D = 2(m + m*)
     """
     gate, expert = result.config.gate, result.config.expert
     rows = np.arange(result.num_seeds)[:, None]
@@ -281,6 +315,13 @@ class LinearFit:
     Arrays of the curves' batch shape: `rate`, `intercept`, the window
     `t_start`, `t_end` and `num_points` used (NaN rate where fewer than 3
     points qualify).
+
+    Example::
+
+        import jaxmoe.prune
+        t = np.linspace(0.0, 50.0, 101)
+        fit = jaxmoe.prune.fit_linear_rate(t, np.stack([np.exp(-0.5 * t), np.exp(-t)]))
+        fit.rate, fit.t_end        # [0.5, 1.0] and where each curve met the floor
     """
 
     rate: np.ndarray
@@ -307,8 +348,9 @@ def fit_linear_rate(times, loss, *, floor: float = DEFAULT_FLOOR, fraction: floa
 
     Example::
 
+        import jaxmoe.prune
         t = np.linspace(0, 50, 101)
-        fit_linear_rate(t, 3 * np.exp(-0.7 * t)).rate   # 0.7
+        jaxmoe.prune.fit_linear_rate(t, 3 * np.exp(-0.7 * t)).rate   # 0.7
     """
     times = np.asarray(times, dtype=float)
     loss = np.asarray(loss, dtype=float)
@@ -367,10 +409,22 @@ def loss_hessian(student: MoE, teacher: MoE) -> jax.Array:
     The parameters are flattened as ``θ = (v_1, …, v_m, w_1, …, w_m)`` (P =
     2·m·D entries for arrays of shape (m, D)); the result is ``∂²L/∂θ∂θ`` of
     shape (P, P), by automatic differentiation of `population_loss` (no finite
-    differences). One student and one teacher (no seed axis); use float64.
+    differences: forward-over-reverse, ``jax.linearize`` of ``jax.grad``).
+    One student and one teacher (no seed axis); use float64.
 
-    Example: ``H = loss_hessian(teacher, teacher)`` is positive semi-definite
-    with the 2m* norm directions as its null space (`norm_directions`).
+    At the teacher itself it is positive semi-definite, with the 2m* norm
+    directions (`norm_directions`) in its null space.
+
+    **Arguments:** `student` ``(m, D)``, `teacher` ``(m*, D)``.
+
+    **Returns:** shape ``(P, P)``, P = 2·m·D.
+
+    Example::
+
+        import jaxmoe.prune
+        teacher = jaxmoe.init_teacher(2, 8, key=jax.random.PRNGKey(0))
+        H = jaxmoe.prune.loss_hessian(teacher, teacher)     # (32, 32)
+        np.linalg.eigvalsh(H)[:5]     # four ≈ 0 (the norm directions), then 0.269…
     """
     if student.router.ndim != 2 or teacher.router.ndim != 2:
         raise ValueError("loss_hessian takes one student and one teacher, arrays (m, D); loop over seeds")
@@ -383,8 +437,17 @@ def norm_directions(student: MoE) -> np.ndarray:
     Column i is zero outside the block of v_i in θ (see `loss_hessian`) and
     holds v_i/‖v_i‖ there; column m + i likewise for w_i. The columns are
     orthonormal. L is invariant under ``v_i → c·v_i`` (c > 0), so the gradient
-    is orthogonal to them, and at a critical point so is every row of the
-    Hessian. Shape (P, 2m).
+    is orthogonal to them (Euler's theorem for functions homogeneous of
+    degree 0), and at a critical point so is every row of the Hessian.
+
+    **Arguments:** `student` ``(m, D)``. **Returns:** shape (P, 2m), P = 2·m·D.
+
+    Example::
+
+        import jaxmoe.prune
+        teacher = jaxmoe.init_teacher(2, 8, key=jax.random.PRNGKey(0))
+        normal = jaxmoe.prune.norm_directions(teacher)                        # (32, 4)
+        np.abs(jaxmoe.prune.loss_hessian(teacher, teacher) @ normal).max()    # ≈ 0
     """
     router, expert = np.asarray(student.router, float), np.asarray(student.expert, float)
     m, dim = router.shape
@@ -446,6 +509,13 @@ def hessian_spectrum(student: MoE, teacher: MoE) -> tuple[np.ndarray, np.ndarray
 
     **Returns:** ``(eigenvalues, tangent)`` of shapes (…, P) and (…, P − 2m),
     P = 2·m·k with k ≤ D the frame's dimension.
+
+    Example::
+
+        import jaxmoe.prune
+        teacher = jaxmoe.init_teacher(2, 8, key=jax.random.PRNGKey(0))
+        full, tangent = jaxmoe.prune.hessian_spectrum(teacher, teacher)   # (32,), (28,)
+        tangent[0] > 0          # True: locally strongly convex at the teacher
     """
     batched = student.router.ndim == 3
     if not batched:
@@ -486,6 +556,17 @@ class PruneResult:
     - `fit`: the `LinearFit` of log L over the fine-tuning's final phase.
     - `hessian_eigenvalues` (S, P), `tangent_eigenvalues` (S, P − 2m*): the
       Hessian spectrum at the fine-tuning's end point (`hessian_spectrum`).
+
+    Derived per seed (S,): `kept` (S, m*), `rate` r, `predicted_rate` 2λ_min,
+    `smallest_tangent` λ_min, `largest_tangent` λ_max, `strongly_convex`, and
+    `flags()`.
+
+    Example::
+
+        import jaxmoe.prune
+        result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2, t_max=200.0)
+        pruned = jaxmoe.prune.prune(result)
+        pruned.rate, pruned.predicted_rate, pruned.strongly_convex
     """
 
     selection: Selection
@@ -500,6 +581,7 @@ class PruneResult:
 
     @property
     def kept(self) -> np.ndarray:
+        """The student expert kept for each teacher expert, (S, m*)."""
         return self.selection.kept
 
     @property
@@ -509,10 +591,12 @@ class PruneResult:
 
     @property
     def smallest_tangent(self) -> np.ndarray:
+        """λ_min of the tangent Hessian at the end point, per seed."""
         return self.tangent_eigenvalues[:, 0]
 
     @property
     def largest_tangent(self) -> np.ndarray:
+        """λ_max of the tangent Hessian at the end point, per seed."""
         return self.tangent_eigenvalues[:, -1]
 
     @property
@@ -579,8 +663,10 @@ def prune(
 
     Example::
 
-        pruned = prune(jaxmoe.load("runs/example"), rule="contribution")
-        print(format_prune_table(pruned))
+        import jaxmoe.prune
+        result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2, t_max=200.0)
+        pruned = jaxmoe.prune.prune(result, rule="contribution")
+        print(jaxmoe.prune.format_prune_table(pruned))
     """
     _check_rule(rule, threshold)
     selection = select_experts(result, rule=rule, threshold=threshold)
@@ -659,9 +745,17 @@ def plot_prune_loss(pruned: PruneResult, ax=None):
     ``e^{a − r t}`` dashed black over the fit's window. Linear time, log loss:
     linear convergence is a straight line.
 
-    **Arguments:** `ax`: optionally a pair of matplotlib axes.
+    **Arguments:** `pruned`, a `PruneResult`; `ax`: optionally a pair of
+    matplotlib axes.
 
     **Returns:** the matplotlib figure.
+
+    Example::
+
+        import jaxmoe.prune
+        result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2, t_max=200.0)
+        pruned = jaxmoe.prune.prune(result)
+        fig = jaxmoe.prune.plot_prune_loss(pruned)
     """
     fig, ax = _figure(ax, ncols=2, figsize=(12, 4.5), sharey=True, gridspec_kw={"width_ratios": [3, 2]})
     original, finetune, fit = pruned.original, pruned.finetune, pruned.fit
@@ -704,7 +798,21 @@ def plot_prune_loss(pruned: PruneResult, ax=None):
 
 
 def plot_spectrum(pruned: PruneResult, ax=None):
-    """The tangent Hessian eigenvalues at the end of fine-tuning, every seed (ascending)."""
+    """The tangent Hessian eigenvalues at the end of fine-tuning, every seed (ascending).
+
+    Log scale when all are positive, else symmetric-log with a line at 0.
+
+    **Arguments:** `pruned`, a `PruneResult`; `ax`, optionally one matplotlib axes.
+
+    **Returns:** the matplotlib figure.
+
+    Example::
+
+        import jaxmoe.prune
+        result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2, t_max=200.0)
+        pruned = jaxmoe.prune.prune(result)
+        fig = jaxmoe.prune.plot_spectrum(pruned)
+    """
     fig, ax = _figure(ax, figsize=(6, 4))
     tangent = pruned.tangent_eigenvalues
     for s in range(tangent.shape[0]):
@@ -749,6 +857,15 @@ def prune_csv(pruned: PruneResult) -> str:
 
     Columns ``kept_j``, ``alignment_j``, ``router_alignment_j``,
     ``contribution_j`` describe teacher expert j's kept student (j from 1).
+
+    **Returns:** the CSV text, header included.
+
+    Example::
+
+        import jaxmoe.prune
+        result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2, t_max=200.0)
+        pruned = jaxmoe.prune.prune(result)
+        print(jaxmoe.prune.prune_csv(pruned))
     """
     head, rows = _rows(pruned)
     out = io.StringIO()
@@ -761,7 +878,17 @@ def prune_csv(pruned: PruneResult) -> str:
 
 
 def format_prune_table(pruned: PruneResult) -> str:
-    """A per-seed text table: kept experts, losses, fitted rate against 2λ_min, λ_max, status."""
+    """A per-seed text table: kept experts, losses, fitted rate against 2λ_min, λ_max, status.
+
+    **Returns:** the table as one string.
+
+    Example::
+
+        import jaxmoe.prune
+        result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2, t_max=200.0)
+        pruned = jaxmoe.prune.prune(result)
+        print(jaxmoe.prune.format_prune_table(pruned))
+    """
     sel, fit = pruned.selection, pruned.fit
     head = ["seed", "kept (j*: i)", "min align", "L before", "L pruned", "L final", "rate r", "2 λ_min", "λ_max", "status"]
     rows = []
@@ -798,6 +925,14 @@ def save_prune(pruned: PruneResult, folder: str | os.PathLike) -> list[Path]:
     presence marks a complete folder.
 
     **Returns:** the paths written.
+
+    Example::
+
+        import jaxmoe.prune
+        result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2, t_max=200.0)
+        pruned = jaxmoe.prune.prune(result)
+        jaxmoe.prune.save_prune(pruned, "runs/example/prune")
+        jaxmoe.load("runs/example/prune").config.m          # 2 = m*
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -826,7 +961,15 @@ def save_prune(pruned: PruneResult, folder: str | os.PathLike) -> list[Path]:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Define ``jaxmoe prune`` on an argparse subparsers object; returns its parser."""
+    """Define ``jaxmoe prune`` on an argparse subparsers object; returns its parser.
+
+    Example::
+
+        import argparse, jaxmoe.prune
+        parser = argparse.ArgumentParser(prog="jaxmoe")
+        jaxmoe.prune.add_parser(parser.add_subparsers(dest="command"))
+        args = parser.parse_args(["prune", "runs/example", "--rule", "contribution", "--quiet"])
+    """
     p = subparsers.add_parser(
         "prune",
         help="prune a finished run to one student expert per teacher expert, fine-tune, measure rate and curvature",
@@ -855,9 +998,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run_command(args) -> int:
     """Execute ``jaxmoe prune`` from parsed arguments; print the table; return 0.
 
+    Turns on float64 globally (``jax_enable_x64``), as ``jaxmoe simulate`` does.
+
     **Raises:** `ValueError` with a one-line message for bad input (not a
     result folder, unknown rule, threshold outside (0, 1), an existing result
     in --out without --overwrite, …).
+
+    Example::
+
+        import argparse, jaxmoe.prune
+        jaxmoe.save(jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2, t_max=200.0), "runs/example")
+        parser = argparse.ArgumentParser(prog="jaxmoe")
+        jaxmoe.prune.add_parser(parser.add_subparsers(dest="command"))
+        jaxmoe.prune.run_command(parser.parse_args(["prune", "runs/example", "--quiet", "--overwrite"]))
     """
     _check_rule(args.rule, args.threshold)
     for name in ("t_max", "rtol", "atol", "floor"):
