@@ -37,7 +37,12 @@ AXIS = "seeds"
 
 
 def num_devices() -> int:
-    """How many devices a seed batch is spread over: all local devices."""
+    """How many devices a seed batch is spread over: all local devices.
+
+    Example::
+
+        jaxmoe.devices.num_devices()     # 1 on a machine with one CPU device
+    """
     return len(jax.local_devices())
 
 
@@ -46,6 +51,12 @@ def shard_index() -> Int[Array, ""]:
 
     For code traced inside a `shard_seeds` function (e.g. to report progress
     per device); 0 when the seeds are not split.
+
+    **Returns:** an int32 scalar, ``jax.lax.axis_index("seeds")`` under shard_map.
+
+    Example::
+
+        jaxmoe.devices.shard_index()     # 0: not inside a sharded function
     """
     try:
         return jax.lax.axis_index(AXIS)
@@ -90,6 +101,11 @@ def shard_seeds(fn: Callable, num_batched: int, *, devices=None) -> Callable:
     a contiguous block of seeds) and trims the padding from every output.
     Build it once and keep it (e.g. under `functools.lru_cache`): the
     returned function caches its compilation per argument shape.
+
+    Example::
+
+        f = jaxmoe.devices.shard_seeds(jax.jit(jax.vmap(jnp.sin)), num_batched=1)
+        f(jnp.arange(10.0))    # = jnp.sin(jnp.arange(10.0)), seeds split over the local devices
     """
     devices = jax.local_devices() if devices is None else list(devices)
     count = len(devices)
