@@ -36,7 +36,14 @@ MANIFEST = "jaxmoe.chunks"
 
 
 def chunk_ranges(seeds: int, chunk: int) -> list[tuple[int, int]]:
-    """Half-open seed ranges ``[start, stop)`` of at most `chunk` seeds."""
+    """Half-open seed ranges ``[start, stop)`` of at most `chunk` seeds.
+
+    Chunk c is ``[c·chunk, min((c + 1)·chunk, seeds))``, c = 0 … ⌈seeds/chunk⌉ − 1.
+
+    Example::
+
+        jaxmoe.chunks.chunk_ranges(10, 4)     # [(0, 4), (4, 8), (8, 10)]
+    """
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
         raise ValueError(f"chunk must be an integer ≥ 1; got {chunk!r}")
     return [(start, min(start + chunk, seeds)) for start in range(0, seeds, chunk)]
@@ -48,6 +55,17 @@ def concatenate(parts: list[Result]) -> Result:
     Per-seed arrays are joined along the seed axis in the given order; the
     saved times must agree. The run facts are the first part's, with the wall
     times summed.
+
+    **Arguments:** a non-empty list of `Result` objects.
+
+    **Returns:** a `Result` with S = the sum of the parts' seeds.
+
+    Example::
+
+        config = jaxmoe.SimulationConfig(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
+        parts = [jaxmoe.simulate(config, seed_index=[k]) for k in range(2)]
+        joined = jaxmoe.chunks.concatenate(parts)
+        joined.seed_index, joined.loss.shape       # [0, 1], (2, 301)
     """
     if not parts:
         raise ValueError("nothing to concatenate")
@@ -62,7 +80,17 @@ def concatenate(parts: list[Result]) -> Result:
 
 
 def config_difference(old: dict, new: dict) -> str:
-    """``"t_max: 100.0 → 200.0, seeds: 8 → 16"``: the fields that differ."""
+    """``"t_max: 100.0 → 200.0, seeds: 8 → 16"``: the fields that differ.
+
+    **Arguments:** two configuration dicts (`SimulationConfig.to_dict`).
+
+    **Returns:** one line naming each differing key with its old and new value
+    (keys in sorted order; empty when they agree).
+
+    Example::
+
+        jaxmoe.chunks.config_difference({"seeds": 8, "t_max": 100.0}, {"seeds": 8, "t_max": 200.0})
+    """
     keys = sorted(set(old) | set(new))
     return ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
 
@@ -78,7 +106,18 @@ def _header_config(folder: Path) -> dict | None:
 def finished(folder: str | Path, config: SimulationConfig) -> bool:
     """Whether `folder` holds the complete result of `config`.
 
+    Complete means ``result.npz`` exists (it is written last); the
+    configuration is compared field by field with ``config.json``.
+
+    **Returns:** a bool.
+
     **Raises:** `ValueError` if it holds the result of another configuration.
+
+    Example::
+
+        config = jaxmoe.SimulationConfig(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
+        jaxmoe.save(jaxmoe.simulate(config), "runs/example")
+        jaxmoe.chunks.finished("runs/example", config)      # True; another config raises ValueError
     """
     folder = Path(folder)
     if not (folder / "result.npz").is_file():
@@ -148,6 +187,12 @@ def run_chunked(
     ``None`` on the other processes.
 
     **Raises:** `ValueError` if `folder` holds another configuration or chunk size.
+
+    Example::
+
+        config = jaxmoe.SimulationConfig(d=100, m=4, m_star=2, seeds=4, t_max=200.0)
+        result = jaxmoe.run_chunked(config, "runs/chunked", chunk=2, progress=False)
+        result.seed_index        # [0, 1, 2, 3]; rerunning the line loads it back
     """
     from .simulation import simulate
 

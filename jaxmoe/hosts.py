@@ -33,8 +33,17 @@ def distributed_settings(
 ) -> tuple[str, int, int] | None:
     """The validated ``(coordinator, num_processes, process_id)``, or ``None`` for one process.
 
-    Arguments left as ``None`` are read from the environment. All three must be
-    known, or none.
+    Arguments left as ``None`` are read from the environment
+    (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``).
+    All three must be known, or none.
+
+    **Raises:** `ValueError` when only some are known, the coordinator is not
+    HOST:PORT, or ``process_id`` is not in 0 … num_processes − 1.
+
+    Example::
+
+        import jaxmoe.hosts
+        jaxmoe.hosts.distributed_settings("10.0.0.1:1234", 2, 0)   # ('10.0.0.1:1234', 2, 0)
     """
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
     num_processes = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
@@ -60,7 +69,14 @@ def distributed_settings(
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None) -> int:
     """Join a multi-process job if one is configured; return the number of processes.
 
-    Must run before anything else touches a JAX device.
+    Calls `jax.distributed.initialize` with the settings of
+    `distributed_settings` when they name more than one process; otherwise
+    does nothing. Must run before anything else touches a JAX device.
+
+    Example::
+
+        import jaxmoe.hosts
+        jaxmoe.hosts.initialize()     # 1: no job configured, nothing done
     """
     settings = distributed_settings(coordinator, num_processes, process_id)
     if settings is None or settings[1] == 1:

@@ -46,7 +46,18 @@ _FIELDS = tuple(f.name for f in dataclasses.fields(SimulationConfig))
 
 @dataclasses.dataclass(frozen=True)
 class Point:
-    """One grid point: its folder name, the grid values that define it, its configuration."""
+    """One grid point: its folder name, the grid values that define it, its configuration.
+
+    - `name`: ``"<k>-<key>=<value>-…"`` (k the point's position, three digits),
+      characters other than letters, digits and ``_.=+-`` replaced by ``_``.
+    - `values`: the [grid] settings of this point; `config`: the full
+      `SimulationConfig` ([base] and `values`).
+
+    Example::
+
+        points = jaxmoe.grid_points({"m": 4, "m_star": 2, "seeds": 2, "t_max": 200.0}, {"d": [100, 400]})
+        points[1].name, points[1].values, points[1].config.d     # '001-d=400', {'d': 400}, 400
+    """
 
     name: str
     values: dict[str, Any]
@@ -61,9 +72,22 @@ def _folder_name(k: int, values: dict[str, Any]) -> str:
 def grid_points(base: dict[str, Any], grid: dict[str, list]) -> list[Point]:
     """The product of the `grid` lists on top of `base`, each point validated.
 
+    Points follow ``itertools.product`` over the grid's keys in their order
+    (the last key varies fastest).
+
+    **Arguments:** `base`, settings shared by every point; `grid`, for each
+    varied setting a non-empty list of values (both `SimulationConfig` fields).
+
+    **Returns:** a list of `Point`, one per combination.
+
     **Raises:** `ValueError` naming the setting and the allowed names when a
     key is unknown, a grid entry is not a non-empty list, or a point is not a
     valid configuration.
+
+    Example::
+
+        points = jaxmoe.grid_points({"m": 4, "m_star": 2}, {"d": [100, 1000], "method": ["flow", "online"]})
+        [p.name for p in points]   # ['000-d=100-method=flow', '001-d=100-method=online', …]
     """
     for where, table in (("[base]", base), ("[grid]", grid)):
         unknown = sorted(set(table) - set(_FIELDS))
@@ -89,7 +113,27 @@ def grid_points(base: dict[str, Any], grid: dict[str, list]) -> list[Point]:
 
 
 def read_grid(path: str | Path) -> list[Point]:
-    """Parse a grid file (see the module docstring) into its points."""
+    """Parse a grid file (see the module docstring) into its points.
+
+    **Arguments:** the path of a TOML file with tables ``[base]`` and ``[grid]``.
+
+    **Returns:** the points, as `grid_points` gives them.
+
+    **Raises:** `ValueError` with a one-line reason for a missing or unreadable
+    file, invalid TOML, other tables, or an invalid point.
+
+    Example::
+
+        import pathlib
+        pathlib.Path("grid.toml").write_text('''
+            [base]
+            m = 4
+            m_star = 2
+            [grid]
+            d = [100, 1000]
+        ''')
+        points = jaxmoe.read_grid("grid.toml")     # two points
+    """
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -109,11 +153,25 @@ def read_grid(path: str | Path) -> list[Point]:
 
 
 def index_row(point: Point, result: Result, epsilon: float = 0.05) -> dict[str, Any]:
-    """One line of the index: grid values, outcomes per status, and medians over seeds."""
+    """One line of the index: grid values, outcomes per status, and medians over seeds.
+
+    Keys: ``point``, the grid values, ``seeds``; ``ok`` (status success or
+    converged) and ``failed``; ``statuses``; ``median_final_loss``; and
+    ``median_first_recovery``, the median over seeds of
+    ``min_j min{t : max_i w̄_i·w̄*_j(t) ≥ 1 − ε}`` (NaN if no seed recovered any
+    teacher expert); ``wall_time_s``.
+
+    **Returns:** a dict, one row of ``index.md`` / ``index.csv``.
+
+    Example::
+
+        points = jaxmoe.grid_points({"m": 4, "m_star": 2, "seeds": 2, "t_max": 200.0}, {"d": [100, 400]})
+        row = jaxmoe.sweep.index_row(points[0], jaxmoe.simulate(points[0].config))
+    """
     from .observables import recovery
 
     names = result.status_names()
-    times = recovery(result.expert_alignment, result.times, epsilon)[0]  # (S, m*), NaN if never
+    times = recovery(result.expert_alignment, result.times, epsilon)[0]  # (S, m*), inf if never
     first = np.where(np.isfinite(times), times, np.inf).min(axis=1)
     first = np.where(np.isfinite(first), first, np.nan)
     final = result.final_loss()
@@ -134,7 +192,14 @@ def _cell(value) -> str:
 
 
 def format_index(rows: list[dict[str, Any]]) -> str:
-    """The index as a markdown table."""
+    """The index as a markdown table: one column per key seen in any row, one line per row.
+
+    Example::
+
+        points = jaxmoe.grid_points({"m": 4, "m_star": 2, "seeds": 2, "t_max": 200.0}, {"d": [100, 400]})
+        rows = [jaxmoe.sweep.index_row(p, jaxmoe.simulate(p.config)) for p in points]
+        print(jaxmoe.sweep.format_index(rows))
+    """
     if not rows:
         return "(no finished points)"
     keys = list(dict.fromkeys(k for row in rows for k in row))
@@ -173,6 +238,15 @@ def sweep(
     **Returns:** the index rows (process 0), ``None`` on other processes.
 
     **Raises:** `ValueError` if `folder` holds a sweep of another grid.
+
+    Each point is written by `jaxmoe.chunks.run_chunked` (resumable), then its
+    summaries and figures (`figure_seeds` seeds); `log` receives progress lines.
+
+    Example::
+
+        points = jaxmoe.grid_points({"m": 4, "m_star": 2, "seeds": 2, "t_max": 200.0}, {"d": [100, 400]})
+        rows = jaxmoe.sweep.sweep(points, "runs/sweep", progress=False)   # also jaxmoe.run_sweep
+        print(jaxmoe.sweep.format_index(rows))
     """
     import jax
 
