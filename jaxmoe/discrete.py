@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 from .config import SimulationConfig
-from .devices import shard_seeds
+from .devices import in_blocks, num_devices, seed_block, shard_index, shard_seeds
 from .init import seed_key
 from .model import MoE, forward
 from .observables import observe
@@ -104,6 +104,7 @@ class _Spec(NamedTuple):
     learning_rate: float
     momentum: float
     progress: bool
+    block: int | None  # seeds per vmapped block (`devices.seed_block`); None: all at once
 
 
 @functools.lru_cache(maxsize=16)
@@ -151,7 +152,7 @@ def _compiled_train(spec: _Spec, custom: optax.GradientTransformation | None):
             if spec.progress:
                 # Unordered: ordered effects cannot span several devices, and
                 # every device reports the same targets (`update` keeps the largest).
-                jax.debug.callback(_progress.update, target)
+                jax.debug.callback(_progress.update, shard_index(), target)
             return (student, opt_state, target), observe_all(student, teacher, data)
 
         (student, _, _), saved = jax.lax.scan(interval, (student, opt_state, jnp.asarray(0, save_steps.dtype)), save_steps)
@@ -159,31 +160,45 @@ def _compiled_train(spec: _Spec, custom: optax.GradientTransformation | None):
         saved = jax.tree_util.tree_map(lambda x: jnp.moveaxis(x, 0, 1), saved)
         return saved, student
 
-    # Student, teacher, data and keys carry the seed axis; the step schedule is shared.
-    return shard_seeds(jax.jit(run), num_batched=4)
+    # Student, teacher, data and keys carry the seed axis; the step schedule is
+    # shared. Each device runs its seeds in blocks (one block on an accelerator).
+    return shard_seeds(in_blocks(jax.jit(run), 4, spec.block), num_batched=4)
 
 
 class _Progress:
     """A tqdm bar over optimisation steps, fed from inside the compiled scan.
 
     With the seeds split over devices, each device reports its own steps,
-    from its own thread and in no set order; the bar shows the furthest
-    step reported (every device runs the same number of steps).
+    from its own thread and in no set order; with its seeds in blocks, each
+    block counts its steps from 0 again. The bar shows the device furthest
+    behind, in steps of all its blocks.
     """
 
     def __init__(self):
         self.bar = None
+        self.steps = 0
+        self.blocks_done = np.zeros(0, int)
+        self.last = np.zeros(0, int)
         self.lock = threading.Lock()
 
-    def open(self, total: int):
+    def open(self, total: int, devices: int = 1, blocks: int = 1):
         import tqdm
 
-        self.bar = tqdm.tqdm(total=total, unit="step", unit_scale=True, dynamic_ncols=True)
+        self.steps = total
+        self.blocks_done, self.last = np.zeros(devices, int), np.zeros(devices, int)
+        self.bar = tqdm.tqdm(total=total * blocks, unit="step", unit_scale=True, dynamic_ncols=True)
 
-    def update(self, step):
+    def update(self, device, step):
         with self.lock:
-            if self.bar is not None and int(step) > self.bar.n:
-                self.bar.n = int(step)
+            if self.bar is None:
+                return
+            device, step = int(device), int(step)
+            if step < self.last[device]:  # the device started its next block
+                self.blocks_done[device] += 1
+            self.last[device] = step
+            done = int(np.min(self.blocks_done * self.steps + self.last))
+            if done > self.bar.n:
+                self.bar.n = done
                 self.bar.refresh()
 
     def close(self):
@@ -255,11 +270,13 @@ def train(
     data, keys = jax.jit(jax.vmap(streams))(jnp.asarray(seed_index, jnp.int32))
     spec = _Spec(
         config.method, config.gate, config.expert, config.batch_size, config.num_samples,
-        config.optimizer, config.learning_rate, config.momentum, progress,
+        config.optimizer, config.learning_rate, config.momentum, progress, seed_block(config.m, config.m_star),
     )
     run = _compiled_train(spec, transformation)
     if progress:
-        _progress.open(int(save_steps[-1]))
+        per_device = -(-len(seed_index) // num_devices())
+        blocks = 1 if spec.block is None or per_device <= spec.block else -(-per_device // spec.block)
+        _progress.open(int(save_steps[-1]), num_devices(), blocks)
     try:
         saved, final = run(student, teacher, data, keys, jnp.asarray(save_steps))
         saved, final = jax.device_get((saved, final))

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import SimulationConfig
-from .devices import num_devices, shard_index, shard_seeds
+from .devices import in_blocks, num_devices, seed_block, shard_index, shard_seeds
 from .model import MoE
 from .observables import observe
 from .population import population_loss
@@ -116,6 +116,7 @@ class _Spec(NamedTuple):
     dt: float | None
     max_steps: int
     progress: bool
+    block: int | None  # seeds per vmapped block (`devices.seed_block`); None: all at once
 
 
 def _status_code(result) -> jax.Array:
@@ -136,23 +137,31 @@ class _Progress:
 
     def __init__(self):
         self.bar = None
-        self.done = np.zeros(0)
+        self.done = np.zeros(0)  # per device: finished blocks + fraction of the current one
+        self.last = np.zeros(0)
+        self.blocks = 1
         self.lock = threading.Lock()  # devices report from their own threads
 
-    def open(self, blocks: int):
+    def open(self, devices: int, blocks: int = 1):
+        """`blocks`: seed blocks each device runs one after another (`devices.in_blocks`)."""
         import tqdm
 
-        self.done = np.zeros(blocks)
+        self.done, self.last, self.blocks = np.zeros(devices), np.zeros(devices), blocks
         self.bar = tqdm.tqdm(total=100, unit="%", bar_format="{percentage:.2f}%|{bar}| [{elapsed}<{remaining}]")
 
-    def report(self, block, fraction):
+    def report(self, device, fraction):
+        fraction = float(fraction)
         with self.lock:
-            if self.bar is None:
+            if self.bar is None or not np.isfinite(fraction):
                 return
-            block = int(block)
-            # −inf: no seed advanced since the last report (all stopped, or a rejected step).
-            self.done[block] = max(self.done[block], float(fraction))
-            self.bar.n = round(100 * float(self.done.min()), 2)
+            device = int(device)
+            # Within a block the slowest running seed only moves forward, so a
+            # step back means the device has started its next block.
+            if fraction < self.last[device] and self.done[device] < self.blocks - 1:
+                self.done[device] = np.floor(self.done[device]) + 1
+            self.last[device] = fraction
+            self.done[device] = max(self.done[device], np.floor(self.done[device]) + fraction)
+            self.bar.n = round(100 * float(self.done.min()) / self.blocks, 2)
             self.bar.refresh()
 
     def close(self, finished: bool):
@@ -276,7 +285,9 @@ def _compiled_solve(spec: _Spec):
 
     batched = jax.vmap(solve_one, in_axes=(0, 0, 0, 0, None, None, None))
     # The four model arrays carry the seed axis; times and thresholds are shared.
-    return shard_seeds(jax.jit(batched), num_batched=4)
+    # Each device runs its seeds in blocks (one block on an accelerator); a
+    # block's while loop ends when its own seeds are done.
+    return shard_seeds(in_blocks(jax.jit(batched), 4, spec.block), num_batched=4)
 
 
 def integrate(config: SimulationConfig, teacher: MoE, student: MoE, times: np.ndarray, *, progress: bool = False) -> dict:
@@ -322,6 +333,7 @@ def integrate(config: SimulationConfig, teacher: MoE, student: MoE, times: np.nd
         dt=config.dt,
         max_steps=config.max_steps,
         progress=progress,
+        block=seed_block(config.m, config.m_star),
     )
     dtype = student.router.dtype
     # Without a threshold the stopping event still catches non-finite seeds.
@@ -330,7 +342,9 @@ def integrate(config: SimulationConfig, teacher: MoE, student: MoE, times: np.nd
     recovered_at = jnp.asarray(2.0 if config.recovery_epsilon is None else 1.0 - config.recovery_epsilon, dtype)
     solve = _compiled_solve(spec)
     if progress:
-        _progress.open(num_devices())
+        per_device = -(-student.router.shape[0] // num_devices())
+        blocks = 1 if spec.block is None or per_device <= spec.block else -(-per_device // spec.block)
+        _progress.open(num_devices(), blocks)
     finished = False
     try:
         saved, router, expert, t_final, num_steps, status = solve(

@@ -109,3 +109,41 @@ def test_progress_is_one_bar(runs):
     _, err = runs[4]
     assert "100" in err  # the bars ran to the end
     assert "\x1b[A" not in err
+
+
+def test_seed_blocks_give_the_whole_batch_result(monkeypatch, capsys):
+    """On a CPU a large batch runs in vmapped blocks, one after another
+    (`devices.in_blocks`); 5 seeds in blocks of 2 (3 blocks, the last padded)
+    must give the one-block numbers to rounding, and one progress bar."""
+    import jaxmoe
+    import jaxmoe.discrete
+    import jaxmoe.flow
+
+    config = jaxmoe.SimulationConfig(d=12, m=3, m_star=2, seeds=5, t_max=3.0, num_times=5)
+    online = config.replace(method="online", batch_size=8, t_max=0.5, learning_rate=0.05)
+    whole = {"flow": jaxmoe.simulate(config), "online": jaxmoe.simulate(online)}
+    for module in (jaxmoe.flow, jaxmoe.discrete):
+        monkeypatch.setattr(module, "seed_block", lambda m, m_star: 2)
+    capsys.readouterr()
+    blocked = {"flow": jaxmoe.simulate(config, progress=True), "online": jaxmoe.simulate(online, progress=True)}
+    err = capsys.readouterr().err
+    assert "100.00%" in err and err.count("%|") >= 1
+    for name in whole:
+        np.testing.assert_array_equal(blocked[name].status, whole[name].status)
+        np.testing.assert_array_equal(blocked[name].num_steps, whole[name].num_steps)
+        for key in ("loss", "expert_alignment", "router_alignment", "student_router", "student_expert"):
+            np.testing.assert_allclose(getattr(blocked[name], key), getattr(whole[name], key),
+                                       rtol=1e-12, atol=1e-14, err_msg=f"{name} {key}")
+
+
+def test_in_blocks_pads_and_trims():
+    import jax.numpy as jnp
+
+    from jaxmoe.devices import in_blocks, seed_block
+
+    f = in_blocks(lambda x, y: (jnp.sin(x) + y, x[:, :0]), 1, block=4)
+    x = jnp.arange(20.0).reshape(10, 2)
+    out, empty = f(x, 1.0)
+    np.testing.assert_allclose(out, jnp.sin(x) + 1.0, rtol=1e-15)
+    assert empty.shape == (10, 0)
+    assert seed_block(25, 5, "cpu") == 16 and seed_block(4, 2, "cpu") == 400 and seed_block(25, 5, "gpu") is None
