@@ -83,17 +83,18 @@ def test_console_script_has_no_traceback(tmp_path):
 
 def test_seeds_at_the_step_limit_are_flagged_and_the_rest_complete(tmp_path, capsys):
     """A deliberately starved configuration: a step limit some seeds cannot meet."""
-    config = jaxmoe.SimulationConfig(d=12, m=3, m_star=2, seeds=4, t_max=5.0, num_times=6)
+    config = jaxmoe.SimulationConfig(d=12, m=3, m_star=2, seeds=2, t_max=5.0, num_times=6)  # TINY's run
     steps = np.sort(jaxmoe.simulate(config).num_steps)
-    limit = int(steps[1] + steps[2]) // 2
+    assert steps[0] < steps[1]
+    limit = int(steps[0] + steps[1]) // 2
     out = tmp_path / "starved"
-    assert main(TINY + ["--seeds", "4", "--max-steps", str(limit), "--out", str(out)]) == 0
+    assert main(TINY + ["--max-steps", str(limit), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "status: success 2, step_limit 2" in printed
+    assert "status: success 1, step_limit 1" in printed
     assert "did not finish normally" in printed
     result = jaxmoe.load(out)
-    assert sorted(result.status_names()) == ["step_limit", "step_limit", "success", "success"]
+    assert sorted(result.status_names()) == ["step_limit", "success"]
     table = (out / "summary.csv").read_text()
-    assert table.count(",step_limit,") == 2 and table.count(",success,") == 2
-    ok = np.isin(np.array(result.status_names()), ["success"])
-    assert np.isfinite(result.loss[ok]).all()
+    assert table.count(",step_limit,") == 1 and table.count(",success,") == 1
+    ok = np.array(result.status_names()) == "success"
+    assert np.isfinite(result.loss[ok]).all() and np.isnan(result.loss[~ok, -1]).all()
