@@ -36,3 +36,16 @@ from .results import STATUS_NAMES, Result, format_summary, load, save
 from .chunks import run_chunked
 from .sweep import grid_points, read_grid
 from .sweep import sweep as run_sweep
+
+
+# The experiment modules (and matplotlib with them) load on first use:
+# `jaxmoe.plot.plot_alignments(...)` works after a bare `import jaxmoe`.
+_LAZY = ("plot", "compare", "scaling", "prune", "hosts", "devices", "chunks", "sweep", "cli")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'jaxmoe' has no attribute {name!r}")

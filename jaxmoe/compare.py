@@ -26,7 +26,7 @@ from .observables import recovery
 from .results import Result, save, write_atomic
 from .simulation import simulate
 
-__all__ = ["CompareRow", "compare", "DEFAULT_SETTINGS", "format_table", "write_compare"]
+__all__ = ["CompareRow", "compare", "DEFAULT_SETTINGS", "format_table", "headline", "plot_overlay", "write_compare"]
 
 # (learning rate η, batch size B) pairs tried by default: from cheap and noisy
 # to expensive and close to the flow.

@@ -674,7 +674,10 @@ def prune(
     config = result.config.replace(
         m=result.config.m_star,
         method="flow",
+        # Fine-tuning runs its full time: neither the loss threshold nor the
+        # recovery stop of the run (a `jaxmoe scaling` run sets one) applies.
         loss_threshold=None,
+        recovery_epsilon=None,
         time_grid="linear",
         t_max=float(t_max),
         num_times=num_times,

@@ -89,7 +89,10 @@ def redundant_run():
 
 @pytest.fixture(scope="module")
 def pruned(redundant_run):
-    return prune(redundant_run, **FINETUNE)
+    # As a `jaxmoe scaling` run would, the run carries a recovery stop; the
+    # fine-tuning must ignore it (it once stopped at t = 0 as "converged").
+    run = dataclasses.replace(redundant_run, config=redundant_run.config.replace(recovery_epsilon=0.05))
+    return prune(run, **FINETUNE)
 
 
 def test_pruning_keeps_the_teachers_experts_and_fine_tuning_converges(redundant_run, pruned):
