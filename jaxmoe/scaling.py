@@ -114,16 +114,21 @@ def fit_exponent(
     return float(b), float(low), float(high), float(np.exp(a))
 
 
-def guided_delay(result: Result, epsilon: float = 0.05) -> np.ndarray:
-    """Router recovery time minus expert recovery time, for every recovered pair.
+def guided_delay(result: Result, epsilon: float = 0.05, level: float | None = None) -> np.ndarray:
+    """Router alignment time minus expert alignment time, for every recovered pair.
 
     For teacher expert j, let i be the student expert that recovers it (first
-    ``w̄_i·w̄*_j ≥ 1 − ε``) at time t_w; t_v is the first time the same student's
-    router reaches ``v̄_i·v̄*_j ≥ 1 − ε``. A positive delay t_v − t_w is the
+    ``w̄_i·w̄*_j ≥ 1 − ε``). With ``ℓ = level`` (default 1 − ε), t_w is the
+    first time ``w̄_i·w̄*_j ≥ ℓ`` and t_v the first time the same student's
+    router reaches ``v̄_i·v̄*_j ≥ ℓ``. A positive delay t_v − t_w is the
     router following its expert ("guided by the experts", arXiv 2510.07205).
-    NaN where either never happens.
+    A lower level (say 0.5) times the rise of each curve rather than its
+    last approach to 1, which an expert that stalls just below 1 − ε (while
+    another teacher expert is being recovered) would delay. NaN where either
+    never happens.
 
-    **Arguments:** a `Result` (alignments ``(S, T, m, m*)``), `epsilon`.
+    **Arguments:** a `Result` (alignments ``(S, T, m, m*)``), `epsilon`,
+    `level` in (0, 1).
 
     **Returns:** ``(S, m*)``.
 
@@ -131,12 +136,20 @@ def guided_delay(result: Result, epsilon: float = 0.05) -> np.ndarray:
 
         import jaxmoe.scaling
         result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
-        jaxmoe.scaling.guided_delay(result)       # (2, 2), NaN where not recovered
+        jaxmoe.scaling.guided_delay(result)              # (2, 2), NaN where not recovered
+        jaxmoe.scaling.guided_delay(result, level=0.5)   # the same pairs, timed at alignment 0.5
     """
-    t_expert, student = recovery(result.expert_alignment, result.times, epsilon)
+    level = 1.0 - epsilon if level is None else float(level)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1); got {level}")
+    _, student = recovery(result.expert_alignment, result.times, epsilon)
     safe = np.maximum(student, 0)
-    router = np.take_along_axis(result.router_alignment, safe[:, None, None, :], axis=2)[:, :, 0, :]  # (S, T, m*)
-    t_router = first_crossing(np.moveaxis(router, 1, -1), result.times, 1.0 - epsilon)  # (S, m*)
+
+    def crossing(alignment):
+        own = np.take_along_axis(alignment, safe[:, None, None, :], axis=2)[:, :, 0, :]  # (S, T, m*)
+        return first_crossing(np.moveaxis(own, 1, -1), result.times, level)  # (S, m*)
+
+    t_expert, t_router = crossing(result.expert_alignment), crossing(result.router_alignment)
     ok = (student >= 0) & np.isfinite(t_expert) & np.isfinite(t_router)
     return np.where(ok, np.where(ok, t_router, 0.0) - np.where(ok, t_expert, 0.0), np.nan)
 
@@ -229,7 +242,8 @@ def format_fits(fits: list[ScalingFit]) -> str:
 def format_delays(results: dict[int, Result], epsilon: float) -> str:
     """Per d: recovered pairs, the share whose router aligned after its expert, and delay quartiles.
 
-    A markdown table of `guided_delay` over seeds and teacher experts.
+    A markdown table of `guided_delay` over seeds and teacher experts, at
+    alignment 1 − ε, and the share of positive delays timed at alignment 0.5.
 
     **Arguments:** `results` keyed by d (from `scaling`), `epsilon`.
 
@@ -240,15 +254,19 @@ def format_delays(results: dict[int, Result], epsilon: float) -> str:
         fits, results = jaxmoe.scaling.scaling(config, dims=(100, 400), t_max=300.0, bootstrap=100)
         print(jaxmoe.scaling.format_delays(results, epsilon=0.05))
     """
-    lines = ["| d | pairs | router after expert | median delay | q25 | q75 |", "|---|---|---|---|---|---|"]
+    lines = ["| d | pairs | router after expert | median delay | q25 | q75 | router after expert, timed at 0.5 |",
+             "|---|---|---|---|---|---|---|"]
     for d, r in results.items():
         delay = guided_delay(r, epsilon)
         delay = delay[np.isfinite(delay)]
+        half = guided_delay(r, epsilon, level=0.5)
+        half = half[np.isfinite(half)]
+        after_half = f"{np.mean(half > 0):.0%} of {half.size}" if half.size else "—"
         if delay.size == 0:
-            lines.append(f"| {d} | 0 | — | — | — | — |")
+            lines.append(f"| {d} | 0 | — | — | — | — | {after_half} |")
             continue
         q25, q50, q75 = np.quantile(delay, [0.25, 0.5, 0.75])
-        lines.append(f"| {d} | {delay.size} | {np.mean(delay > 0):.0%} | {q50:.3g} | {q25:.3g} | {q75:.3g} |")
+        lines.append(f"| {d} | {delay.size} | {np.mean(delay > 0):.0%} | {q50:.3g} | {q25:.3g} | {q75:.3g} | {after_half} |")
     return "\n".join(lines)
 
 

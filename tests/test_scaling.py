@@ -36,6 +36,10 @@ def test_guided_delay_on_a_constructed_trajectory():
         student_router=np.zeros((1, 2, 4)), student_expert=np.zeros((1, 2, 4)),
     )
     np.testing.assert_allclose(guided_delay(result), [[3.8]], rtol=1e-12)
+    # Timed at alignment 0.5: the expert at t = 2, its router at t = 4.
+    np.testing.assert_allclose(guided_delay(result, level=0.5), [[2.0]], rtol=1e-12)
+    with pytest.raises(ValueError, match="level must be in"):
+        guided_delay(result, level=1.5)
 
 
 def test_scaling_command_writes_its_folder(tmp_path, capsys):
