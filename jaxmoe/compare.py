@@ -227,7 +227,26 @@ def _csv(rows: list[CompareRow]) -> str:
 
 
 def plot_overlay(results: dict[str, Result], seed: int = 0):
-    """Expert alignments (best student per teacher) and loss: flow solid, SGD dashed."""
+    """Expert alignments (best student per teacher) and loss: flow solid, SGD dashed.
+
+    Left: ``w̄_i·w̄*_j(t)`` for each teacher expert j (one colour each) and
+    the student i that the flow aligns best with it at the end, one line
+    style per run; right: the population loss of each run.
+
+    **Arguments:** `results` keyed by run name, with ``"flow"`` among them
+    (as `compare` returns); `seed`, a position in the results.
+
+    **Returns:** the matplotlib figure.
+
+    Example::
+
+        import jaxmoe.compare
+        config = jaxmoe.SimulationConfig(d=50, m=4, m_star=2, seeds=1, t_max=10.0)
+        rows, results = jaxmoe.compare.compare(config, [(0.05, 128)])
+        fig = jaxmoe.compare.plot_overlay(results)
+    """
+    from matplotlib.lines import Line2D
+
     from .plot import _colors, _pyplot
 
     plt = _pyplot()
@@ -242,6 +261,11 @@ def plot_overlay(results: dict[str, Result], seed: int = 0):
         for j, color in enumerate(colors):
             ax[0].plot(r.times, r.expert_alignment[seed, :, best[j], j], color=color, ls=style, lw=width)
         ax[1].plot(r.times, r.loss[seed], ls=style, lw=width, color="k" if name == "flow" else None, label=name)
+    # The alignment panel's key: line styles name the runs, colours the teacher experts.
+    keys = [Line2D([], [], color="0.3", ls="-" if name == "flow" else styles[(n - 1) % len(styles)],
+                   lw=2.0 if name == "flow" else 1.0, label=name) for n, name in enumerate(results)]
+    keys += [Line2D([], [], color=color, lw=2.0, label=f"teacher {j + 1}") for j, color in enumerate(colors)]
+    ax[0].legend(handles=keys, fontsize=7, loc="best")
     ax[0].set_title(f"expert alignment of the flow's best student per teacher (seed {seed})")
     ax[0].set_ylabel("$\\bar w_i\\cdot\\bar w^*_j$")
     ax[1].set_yscale("log")
