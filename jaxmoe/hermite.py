@@ -70,8 +70,9 @@ class Activation:
 
     - `name`: the registry name (``"sigmoid"``, ``"erf"``) or a label for a
       user-defined activation. The name is the identity: activations with the
-      same name compare equal and share cached coefficient tables, so give a
-      user-defined activation a name of its own.
+      same name compare equal and share cached coefficient tables, so a
+      user-defined activation needs a name of its own (a built-in name is
+      refused).
     - `numpy_fn`: σ on NumPy float64 arrays, used once to compute the
       coefficients.
     - `jax_fn`: σ on JAX arrays, used by the forward pass and Monte Carlo.
@@ -95,6 +96,17 @@ class Activation:
     name: str
     numpy_fn: Callable = dataclasses.field(compare=False, repr=False)
     jax_fn: Callable = dataclasses.field(compare=False, repr=False)
+
+    def __post_init__(self):
+        # The name is the cache key of the coefficient tables: a user-defined
+        # activation may not borrow a built-in's name (it would silently get
+        # the built-in's tables).
+        builtin = globals().get("ACTIVATIONS", {}).get(self.name)
+        if builtin is not None and (self.numpy_fn is not builtin.numpy_fn or self.jax_fn is not builtin.jax_fn):
+            raise ValueError(
+                f"the name {self.name!r} belongs to a built-in activation; give yours a name of its own "
+                f"(built-in: {', '.join(sorted(ACTIVATIONS))})"
+            )
 
     def __call__(self, z):
         return self.jax_fn(z)

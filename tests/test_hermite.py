@@ -215,6 +215,16 @@ def test_unknown_activation_raises_listing_allowed_names(bad):
         jaxmoe.hermite_coefficients(bad)
 
 
+def test_a_custom_activation_cannot_take_a_built_in_name():
+    """The name keys the cached tables: a different σ named "sigmoid" would get the sigmoid's."""
+    half = (lambda z: 0.5 + 0.0 * z, lambda z: 0.5 + 0.0 * z)
+    with pytest.raises(ValueError, match="the name 'sigmoid' belongs to a built-in activation"):
+        jaxmoe.Activation("sigmoid", *half)
+    builtin = jaxmoe.ACTIVATIONS["sigmoid"]
+    assert jaxmoe.Activation("sigmoid", builtin.numpy_fn, builtin.jax_fn) == builtin
+    assert jaxmoe.Activation("half", *half).name == "half"
+
+
 @pytest.mark.parametrize("bad", ["he0", "he5", "HE3", "relu", None])
 def test_unknown_expert_raises_listing_allowed_names(bad):
     with pytest.raises(ValueError, match=r"allowed: he1, he2, he3, he4"):
