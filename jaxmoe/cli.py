@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import DTYPES, METHODS, OPTIMIZERS, SOLVERS, TEACHERS, TIME_GRIDS, SimulationConfig
+from .config import METHODS, OPTIMIZERS, SOLVERS, TEACHERS, TIME_GRIDS, SimulationConfig
 from .hermite import ACTIVATIONS, EXPERTS
 
 __all__ = ["main"]
@@ -189,18 +189,29 @@ def _parse_settings(text: str) -> list[tuple[float, int]]:
     return pairs
 
 
-def _output_folder(args, command: str, marker: str, config: SimulationConfig) -> Path:
-    """The folder to write (default runs/<command>-<date>-<time>), refusing to
-    overwrite a finished one; then opt into float64 if asked (the library never does)."""
-    out = args.out or Path("runs") / time.strftime(f"{command}-%Y%m%d-%H%M%S")
+def _out_path(args, name: str) -> Path:
+    """--out, or runs/<name>-<date>-<time>; refused if it exists and is not a folder."""
+    out = args.out or Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S")
     if out.exists() and not out.is_dir():
         raise _UsageError(f"--out {out} exists and is not a folder")
-    if (out / marker).exists() and not args.overwrite:
-        raise _UsageError(f"{out} already holds a result; choose another --out or pass --overwrite")
+    return out
+
+
+def _use_float64(config: SimulationConfig) -> None:
+    """The command opts into float64 when the run asks for it (the library never does)."""
     if config.dtype == "float64":
         import jax
 
         jax.config.update("jax_enable_x64", True)
+
+
+def _output_folder(args, command: str, marker: str, config: SimulationConfig) -> Path:
+    """The folder to write (`_out_path`), refusing to overwrite a finished one;
+    then opt into float64 if asked."""
+    out = _out_path(args, command)
+    if (out / marker).exists() and not args.overwrite:
+        raise _UsageError(f"{out} already holds a result; choose another --out or pass --overwrite")
+    _use_float64(config)
     return out
 
 
@@ -210,9 +221,7 @@ def _simulate(args) -> int:
         _check_scale_flags(args)
     except ValueError as err:
         raise _UsageError(str(err)) from None
-    out = args.out or Path("runs") / time.strftime("simulate-%Y%m%d-%H%M%S")
-    if out.exists() and not out.is_dir():
-        raise _UsageError(f"--out {out} exists and is not a folder")
+    out = _out_path(args, "simulate")
     _start_processes(args, config)
     import jax
 
@@ -300,10 +309,7 @@ def _start_processes(args, config) -> None:
     from .hosts import initialize
 
     initialize(args.coordinator, args.num_processes, args.process_id)
-    if config.dtype == "float64":
-        import jax
-
-        jax.config.update("jax_enable_x64", True)
+    _use_float64(config)
 
 
 def _add_scale_flags(p: argparse.ArgumentParser) -> None:
@@ -324,9 +330,7 @@ def _sweep(args) -> int:
         points = read_grid(args.grid)
     except ValueError as err:
         raise _UsageError(str(err)) from None
-    out = args.out or Path("runs") / time.strftime(f"sweep-{args.grid.stem}-%Y%m%d-%H%M%S")
-    if out.exists() and not out.is_dir():
-        raise _UsageError(f"--out {out} exists and is not a folder")
+    out = _out_path(args, f"sweep-{args.grid.stem}")
     _start_processes(args, points[0].config)
     from .sweep import format_index, sweep
 

@@ -30,7 +30,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, Int, Shaped
 
-__all__ = ["AXIS", "num_devices", "shard_index", "shard_seeds", "in_blocks", "seed_block"]
+__all__ = ["AXIS", "num_devices", "shard_index", "shard_seeds", "in_blocks", "seed_block", "blocks_per_device"]
 
 # The mesh axis the seeds are split along.
 AXIS = "seeds"
@@ -158,6 +158,18 @@ def seed_block(m: int, m_star: int, platform: str | None = None) -> int | None:
     if platform != "cpu":
         return None
     return max(1, _CPU_BLOCK_BUDGET // (m + m_star) ** 2)
+
+
+def blocks_per_device(seeds: int, block: int | None) -> int:
+    """How many blocks each device runs one after another for `seeds` seeds
+    (`shard_seeds` splits them over the devices, `in_blocks` cuts each share).
+
+    Example::
+
+        jaxmoe.devices.blocks_per_device(40, 16)   # 3 on one device
+    """
+    per_device = -(-seeds // num_devices())
+    return 1 if block is None or per_device <= block else -(-per_device // block)
 
 
 def in_blocks(fn: Callable, num_batched: int, block: int | None) -> Callable:

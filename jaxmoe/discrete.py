@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 from .config import SimulationConfig
-from .devices import in_blocks, num_devices, seed_block, shard_index, shard_seeds
+from .devices import blocks_per_device, in_blocks, num_devices, seed_block, shard_index, shard_seeds
 from .init import seed_key
 from .model import MoE, forward
 from .observables import observe
@@ -274,8 +274,7 @@ def train(
     )
     run = _compiled_train(spec, transformation)
     if progress:
-        per_device = -(-len(seed_index) // num_devices())
-        blocks = 1 if spec.block is None or per_device <= spec.block else -(-per_device // spec.block)
+        blocks = blocks_per_device(len(seed_index), spec.block)
         _progress.open(int(save_steps[-1]), num_devices(), blocks)
     try:
         saved, final = run(student, teacher, data, keys, jnp.asarray(save_steps))

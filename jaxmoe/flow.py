@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import SimulationConfig
-from .devices import in_blocks, num_devices, seed_block, shard_index, shard_seeds
+from .devices import blocks_per_device, in_blocks, num_devices, seed_block, shard_index, shard_seeds
 from .model import MoE
 from .observables import observe
 from .population import population_loss
@@ -342,8 +342,7 @@ def integrate(config: SimulationConfig, teacher: MoE, student: MoE, times: np.nd
     recovered_at = jnp.asarray(2.0 if config.recovery_epsilon is None else 1.0 - config.recovery_epsilon, dtype)
     solve = _compiled_solve(spec)
     if progress:
-        per_device = -(-student.router.shape[0] // num_devices())
-        blocks = 1 if spec.block is None or per_device <= spec.block else -(-per_device // spec.block)
+        blocks = blocks_per_device(student.router.shape[0], spec.block)
         _progress.open(num_devices(), blocks)
     finished = False
     try:

@@ -63,6 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .model import MoE
+from .plot import _write_png, figure
 from .population import expert_kernel, population_loss
 from .results import Result, load, save, write_atomic
 from .simulation import simulate
@@ -720,18 +721,6 @@ def prune(
 # Figures and tables
 
 
-def _figure(ax=None, **subplots):
-    from .plot import figure as make_figure
-
-    return make_figure(ax, **subplots)
-
-
-def _pyplot():
-    from .plot import _pyplot as pyplot
-
-    return pyplot()
-
-
 def _positive(values: np.ndarray) -> np.ndarray:
     # A log axis cannot show the exact zeros the loss reaches at the teacher.
     values = np.asarray(values, dtype=float)
@@ -760,7 +749,7 @@ def plot_prune_loss(pruned: PruneResult, ax=None):
         pruned = jaxmoe.prune.prune(result)
         fig = jaxmoe.prune.plot_prune_loss(pruned)
     """
-    fig, ax = _figure(ax, ncols=2, figsize=(12, 4.5), sharey=True, gridspec_kw={"width_ratios": [3, 2]})
+    fig, ax = figure(ax, ncols=2, figsize=(12, 4.5), sharey=True, gridspec_kw={"width_ratios": [3, 2]})
     original, finetune, fit = pruned.original, pruned.finetune, pruned.fit
     # The zoom ends a little after the last seed's loss reaches exact zero
     # (or at the end of the fine-tuning).
@@ -816,7 +805,7 @@ def plot_spectrum(pruned: PruneResult, ax=None):
         pruned = jaxmoe.prune.prune(result)
         fig = jaxmoe.prune.plot_spectrum(pruned)
     """
-    fig, ax = _figure(ax, figsize=(6, 4))
+    fig, ax = figure(ax, figsize=(6, 4))
     tangent = pruned.tangent_eigenvalues
     for s in range(tangent.shape[0]):
         ax.plot(np.arange(1, tangent.shape[1] + 1), tangent[s], ".", ms=4, label=f"seed {pruned.finetune.seed_index[s]}")
@@ -907,14 +896,6 @@ def format_prune_table(pruned: PruneResult) -> str:
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
     return "\n".join(lines)
-
-
-def _write_png(fig, path: Path) -> None:
-    plt = _pyplot()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
 
 
 def save_prune(pruned: PruneResult, folder: str | os.PathLike) -> list[Path]:
