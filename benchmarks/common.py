@@ -6,10 +6,11 @@ import datetime
 import os
 import platform
 import re
-import tempfile
 from pathlib import Path
 
 import jax
+
+from jaxmoe.results import write_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -52,15 +53,7 @@ def machine_lines() -> list[str]:
 
 
 def write_atomically(path: Path, data: bytes | str) -> None:
-    """Write `data` to `path` via a temporary file in the same folder and `os.replace`."""
+    """`jaxmoe.results.write_atomic`, creating the folder and encoding text."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, data.encode() if isinstance(data, str) else data)

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import math
 import sys
 import textwrap
@@ -259,12 +258,9 @@ def ratios(rows: list[Row]) -> list[str]:
 
 
 def plot(rows: list[Row], path: Path, title: str) -> None:
-    import matplotlib
+    from jaxmoe.plot import _pyplot, _write_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), constrained_layout=True)
+    fig, axes = _pyplot().subplots(1, 2, figsize=(10, 4.4), constrained_layout=True)
     for mode, marker, color in (("reduced", "o", "C0"), ("full", "s", "C1")):
         done = [r for r in rows if r.mode == mode and not r.skipped]
         if not done:
@@ -280,10 +276,7 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=8)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    write_atomically(path, buffer.getvalue())
+    _write_png(fig, path)
 
 
 def main(argv=None) -> int:
