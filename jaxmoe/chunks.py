@@ -73,10 +73,11 @@ def concatenate(parts: list[Result]) -> Result:
     for part in parts[1:]:
         if part.config != first.config or not np.array_equal(part.times, first.times):
             raise ValueError("results to concatenate must share their configuration and saved times")
-    joined = {name: np.concatenate([getattr(p, name) for p in parts]) for name in first.arrays() if name != "times"}
+    joined = {name: np.concatenate([p.arrays()[name] for p in parts]) for name in first.arrays() if name != "times"}
+    extra = {name: joined.pop(name) for name in first.extra}
     run = dict(first.run)
     run["wall_time_s"] = float(sum(p.run.get("wall_time_s", 0.0) for p in parts))
-    return Result(config=first.config, times=first.times, run=run, **joined)
+    return Result(config=first.config, times=first.times, run=run, extra=extra, **joined)
 
 
 def config_difference(old: dict, new: dict) -> str:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from .config import METHODS, OPTIMIZERS, SOLVERS, TEACHERS, TIME_GRIDS, SimulationConfig
-from .hermite import ACTIVATIONS, EXPERTS
+from .families import EXPERT_FAMILIES, GATES, MLP_ACTIVATIONS
 
 __all__ = ["main"]
 
@@ -36,11 +36,18 @@ def _add_problem_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--d", type=int, default=_DEFAULTS.d, help="input dimension (default %(default)s)")
     g.add_argument("--m", type=int, default=_DEFAULTS.m, help="student experts (default %(default)s)")
     g.add_argument("--m-star", type=int, default=_DEFAULTS.m_star, help="teacher experts (default %(default)s)")
-    g.add_argument("--gate", default=_DEFAULTS.gate, help=f"router activation: {', '.join(sorted(ACTIVATIONS))} (default %(default)s)")
-    g.add_argument("--expert", default=_DEFAULTS.expert, help=f"expert polynomial: {', '.join(sorted(EXPERTS))} (default %(default)s)")
+    g.add_argument("--gate", default=_DEFAULTS.gate,
+                   help=f"gate: {', '.join(GATES)}, with parameters after a colon, e.g. 'temperature:tau=0.5', "
+                        "'temperature:tau=1,tau_final=0.1,decay=50', 'activation:act=sigmoid,tau=0.5', "
+                        "'hierarchical:groups=2', 'topk:k=2' (default %(default)s)")
+    g.add_argument("--expert", default=_DEFAULTS.expert,
+                   help=f"expert: {', '.join(EXPERT_FAMILIES)}, e.g. 'mlp:hidden=4,act=gelu' (act: "
+                        f"{', '.join(MLP_ACTIVATIONS)}) (default %(default)s)")
+    g.add_argument("--teacher-gate", default=None, help="the teacher's gate, when it differs from --gate")
+    g.add_argument("--teacher-expert", default=None, help="the teacher's expert, when it differs from --expert")
     g.add_argument("--teacher", default=_DEFAULTS.teacher, help=f"teacher frame: {', '.join(TEACHERS)} (default %(default)s)")
     g.add_argument("--full", dest="mode", action="store_const", const="full", default=_DEFAULTS.mode,
-                   help="simulate in all d coordinates instead of the exact reduced 2(m + m*) (slower; same law)")
+                   help="simulate in all d coordinates instead of the exact reduced ones (2(m + m*) for the paper's model; slower, same law)")
     g = p.add_argument_group("seeds")
     g.add_argument("--seeds", type=int, default=_DEFAULTS.seeds, help="number of seeds (default %(default)s)")
     g.add_argument("--base-seed", type=int, default=_DEFAULTS.base_seed, help="seed k uses fold_in(PRNGKey(base_seed), k) (default %(default)s)")
@@ -75,6 +82,8 @@ def _config_from_args(args) -> SimulationConfig:
         m_star=args.m_star,
         gate=args.gate,
         expert=args.expert,
+        teacher_gate=args.teacher_gate,
+        teacher_expert=args.teacher_expert,
         teacher=args.teacher,
         mode=args.mode,
         seeds=args.seeds,

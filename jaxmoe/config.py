@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any, Literal
 
-from .hermite import ACTIVATIONS, EXPERTS
+from .families import Expert, Gate, is_classic, num_vectors
 
 __all__ = ["SimulationConfig", "SOLVERS", "TIME_GRIDS", "TEACHERS", "MODES", "DTYPES", "METHODS", "OPTIMIZERS"]
 
@@ -62,8 +62,17 @@ class SimulationConfig:
     - `d`: input dimension.
     - `m`: student experts.
     - `m_star`: teacher experts (needs 2·m_star ≤ d).
-    - `gate`: router activation (``"sigmoid"``, ``"erf"``).
-    - `expert`: expert polynomial (``"he1"`` … ``"he4"``).
+    - `gate`: the gate, a `jaxmoe.families.Gate` string: the paper's
+      independent ``"sigmoid"`` (default) or ``"erf"`` router, or
+      ``"softmax"``, ``"temperature:tau=0.5"`` (a schedule:
+      ``"temperature:tau=1,tau_final=0.1,decay=50"``),
+      ``"activation:act=tanh,tau=0.5"``, ``"hierarchical:groups=2"``,
+      ``"topk:k=2"``. Stored in its canonical form (`Gate.__str__`).
+    - `expert`: the expert family, a `jaxmoe.families.Expert` string:
+      ``"he1"`` … ``"he4"`` (default He3), ``"linear"``, or
+      ``"mlp:hidden=4,act=gelu"`` (act: sigmoid, tanh, gelu).
+    - `teacher_gate`, `teacher_expert`: the teacher's families when they
+      differ from the student's (``None``: the same).
     - `teacher`: ``"random"`` (a Haar-random orthonormal frame per seed) or
       ``"axis"`` (the first 2m* coordinate axes).
     - `mode`: ``"reduced"`` (default) simulates the exact d-dimensional flow in
@@ -122,6 +131,8 @@ class SimulationConfig:
     m_star: int = 5
     gate: str = "sigmoid"
     expert: str = "he3"
+    teacher_gate: str | None = None
+    teacher_expert: str | None = None
     teacher: Literal["random", "axis"] = "random"
     mode: Literal["reduced", "full"] = "reduced"
     seeds: int = 4
@@ -155,10 +166,7 @@ class SimulationConfig:
         # PRNGKey takes at most 64 bits, and without x64 only the low 32 (then 2³² would repeat seed 0).
         if not _is_int(self.base_seed) or not 0 <= self.base_seed < 2**32:
             raise ValueError(f"base_seed must be an integer ≥ 0 and < 2**32; got {_show(self.base_seed)}")
-        if 2 * self.m_star > self.d:
-            raise ValueError(
-                f"the teacher needs 2·m_star ≤ d orthonormal vectors; got m_star = {self.m_star}, d = {self.d}"
-            )
+        self._check_families()
         positive = {"t_max": self.t_max, "rtol": self.rtol, "atol": self.atol}
         if self.dt is not None:
             positive["dt"] = self.dt
@@ -174,8 +182,6 @@ class SimulationConfig:
         if not _is_real(self.t_first) or not 0 < self.t_first < 1:
             raise ValueError(f"t_first must be a fraction of t_max in (0, 1); got {_show(self.t_first)}")
         choices = {
-            "gate": (self.gate, tuple(sorted(ACTIVATIONS))),
-            "expert": (self.expert, tuple(sorted(EXPERTS))),
             "teacher": (self.teacher, TEACHERS),
             "mode": (self.mode, MODES),
             "time_grid": (self.time_grid, TIME_GRIDS),
@@ -208,6 +214,65 @@ class SimulationConfig:
         if self.dt is not None and self.dt > self.t_max:
             raise ValueError(f"dt must not exceed t_max; got dt = {self.dt}, t_max = {self.t_max}")
 
+    def _check_families(self) -> None:
+        """Parse the four family strings into canonical form and check them against m, m* and d."""
+        specs = {}
+        for name, kind, default in (
+            ("gate", Gate, None),
+            ("expert", Expert, None),
+            ("teacher_gate", Gate, "gate"),
+            ("teacher_expert", Expert, "expert"),
+        ):
+            value = getattr(self, name)
+            if value is None and default is not None:
+                specs[name] = specs[default]
+                continue
+            if isinstance(value, (Gate, Expert)):
+                value = str(value)
+            if not isinstance(value, str):
+                raise ValueError(f"{name} must be a string such as {'softmax' if kind is Gate else 'he3'!r}; got {_show(value)}")
+            try:
+                spec = kind.from_string(value)
+            except ValueError as error:
+                # The student's fields are named by the message itself ("unknown gate …").
+                raise ValueError(f"{name}: {error}" if name.startswith("teacher") else str(error)) from None
+            specs[name] = spec
+            object.__setattr__(self, name, str(spec))
+        # The teacher's families are stored only where they differ.
+        for name, default in (("teacher_gate", "gate"), ("teacher_expert", "expert")):
+            if getattr(self, name) == getattr(self, default):
+                object.__setattr__(self, name, None)
+        for who, size, gate in (("m", self.m, specs["gate"]), ("m_star", self.m_star, specs["teacher_gate"])):
+            if gate.name == "hierarchical" and size % gate.groups != 0:
+                raise ValueError(f"hierarchical gate: groups = {gate.groups} must divide {who} = {size}")
+            if gate.name == "topk" and not 1 <= gate.k <= size:
+                raise ValueError(f"topk gate: k must be in 1..{who} = 1..{size}; got k = {gate.k}")
+        need = num_vectors(self.m_star, specs["teacher_gate"], specs["teacher_expert"])
+        if need > self.d:
+            if self.classic:
+                raise ValueError(
+                    f"the teacher needs 2·m_star ≤ d orthonormal vectors; got m_star = {self.m_star}, d = {self.d}"
+                )
+            raise ValueError(
+                f"the teacher needs {need} orthonormal vectors for m_star = {self.m_star}, so d ≥ {need}; got d = {self.d}"
+            )
+
+    @property
+    def classic(self) -> bool:
+        """True for the paper's model: independent sigmoid/erf gates and He_k experts, on both sides.
+
+        It runs on `jaxmoe.MoE` with the exact kernel of DESIGN §2; every
+        other family runs on `jaxmoe.families.Mixture` (`jaxmoe.quadrature`).
+        """
+        return self.teacher_gate is None and self.teacher_expert is None and is_classic(self.gate, self.expert)
+
+    def families(self) -> tuple[Gate, Expert, Gate, Expert]:
+        """``(gate, expert, teacher_gate, teacher_expert)`` as specifications."""
+        gate, expert = Gate.from_string(self.gate), Expert.from_string(self.expert)
+        teacher_gate = gate if self.teacher_gate is None else Gate.from_string(self.teacher_gate)
+        teacher_expert = expert if self.teacher_expert is None else Expert.from_string(self.teacher_expert)
+        return gate, expert, teacher_gate, teacher_expert
+
     def replace(self, **changes) -> "SimulationConfig":
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
@@ -224,7 +289,7 @@ class SimulationConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown configuration keys {unknown}; allowed: {sorted(known)}")
+            raise ValueError(f"unknown configuration keys {unknown}; allowed: {', '.join(sorted(known))}")
         return cls(**data)
 
     def to_json(self) -> str:

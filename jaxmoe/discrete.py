@@ -33,9 +33,8 @@ import optax
 from .config import SimulationConfig
 from .devices import blocks_per_device, in_blocks, num_devices, seed_block, shard_index, shard_seeds
 from .init import seed_key
-from .model import MoE, forward
+from .models import Model, model_forward, model_loss
 from .observables import observe
-from .population import population_loss
 
 __all__ = ["make_optimizer", "step_schedule", "train"]
 
@@ -88,16 +87,14 @@ def step_schedule(config: SimulationConfig, times: np.ndarray) -> np.ndarray:
     return np.rint(np.asarray(times) / config.learning_rate).astype(np.int64)
 
 
-def _empirical_loss(student: MoE, teacher: MoE, x) -> jax.Array:
-    return 0.5 * jnp.mean((forward(student, x) - forward(teacher, x)) ** 2)
+def _empirical_loss(student: Model, teacher: Model, x, t=None) -> jax.Array:
+    return 0.5 * jnp.mean((model_forward(student, x, t) - model_forward(teacher, x, t)) ** 2)
 
 
 class _Spec(NamedTuple):
     """The static part of a configuration: what the compiled scan depends on."""
 
     method: str
-    gate: str
-    expert: str
     batch_size: int
     num_samples: int | None
     optimizer: str
@@ -113,31 +110,33 @@ def _compiled_train(spec: _Spec, custom: optax.GradientTransformation | None):
     optimizer = custom if custom is not None else make_optimizer(spec)
     full_batch = spec.method == "dataset" and spec.batch_size >= spec.num_samples
 
-    def gradient(student, teacher, data, key):
+    def gradient(student, teacher, data, key, t):
         if spec.method == "optax":
-            return jax.grad(population_loss)(student, teacher)
+            return jax.grad(model_loss)(student, teacher, t)
         if spec.method == "online":
             x = jax.random.normal(key, (spec.batch_size, student.dim), student.router.dtype)
-            return jax.grad(_empirical_loss)(student, teacher, x)
+            return jax.grad(_empirical_loss)(student, teacher, x, t)
         if full_batch:
-            return jax.grad(_empirical_loss)(student, teacher, data)
+            return jax.grad(_empirical_loss)(student, teacher, data, t)
         rows = jax.random.permutation(key, spec.num_samples)[: spec.batch_size]
-        return jax.grad(_empirical_loss)(student, teacher, data[rows])
+        return jax.grad(_empirical_loss)(student, teacher, data[rows], t)
 
     def step_one(k, student, opt_state, teacher, data, key):
-        grad = gradient(student, teacher, data, jax.random.fold_in(key, k))
+        # Step k sits at flow time k·η, which a temperature schedule reads.
+        t = k * spec.learning_rate
+        grad = gradient(student, teacher, data, jax.random.fold_in(key, k), t)
         updates, opt_state = optimizer.update(grad, opt_state, student)
         return optax.apply_updates(student, updates), opt_state
 
     step_all = jax.vmap(step_one, in_axes=(None, 0, 0, 0, 0, 0))
 
-    def observe_one(student, teacher, data):
-        out = observe(student, teacher)
+    def observe_one(student, teacher, data, t):
+        out = observe(student, teacher, t)
         if spec.method == "dataset":
-            out["train_loss"] = _empirical_loss(student, teacher, data)
+            out["train_loss"] = _empirical_loss(student, teacher, data, t)
         return out
 
-    observe_all = jax.vmap(observe_one)
+    observe_all = jax.vmap(observe_one, in_axes=(0, 0, 0, None))
 
     def run(student, teacher, data, keys, save_steps):
         opt_state = jax.vmap(optimizer.init)(student)
@@ -153,7 +152,7 @@ def _compiled_train(spec: _Spec, custom: optax.GradientTransformation | None):
                 # Unordered: ordered effects cannot span several devices, and
                 # every device reports the same targets (`update` keeps the largest).
                 jax.debug.callback(_progress.update, shard_index(), target)
-            return (student, opt_state, target), observe_all(student, teacher, data)
+            return (student, opt_state, target), observe_all(student, teacher, data, target * spec.learning_rate)
 
         (student, _, _), saved = jax.lax.scan(interval, (student, opt_state, jnp.asarray(0, save_steps.dtype)), save_steps)
         # (times, seeds, ...) → (seeds, times, ...)
@@ -213,8 +212,8 @@ _progress = _Progress()
 
 def train(
     config: SimulationConfig,
-    teacher: MoE,
-    student: MoE,
+    teacher: Model,
+    student: Model,
     seed_index: np.ndarray,
     times: np.ndarray,
     *,
@@ -233,7 +232,7 @@ def train(
     **Arguments:**
 
     - `config`: the `SimulationConfig` (method, optimizer, η, B, n).
-    - `teacher`, `student`: `MoE` with arrays ``(S, m*, D)``, ``(S, m, D)``;
+    - `teacher`, `student`: `jaxmoe.MoE` or `jaxmoe.families.Mixture` with arrays ``(S, m*, D)``, ``(S, m, D)``;
       D = d for ``"online"`` and ``"dataset"``.
     - `seed_index`: ``(S,)``, keys the data of each seed (`seed_key`).
     - `times`: the requested saved times ``(T,)``, rounded to whole steps.
@@ -269,7 +268,7 @@ def train(
 
     data, keys = jax.jit(jax.vmap(streams))(jnp.asarray(seed_index, jnp.int32))
     spec = _Spec(
-        config.method, config.gate, config.expert, config.batch_size, config.num_samples,
+        config.method, config.batch_size, config.num_samples,
         config.optimizer, config.learning_rate, config.momentum, progress, seed_block(config.m, config.m_star),
     )
     run = _compiled_train(spec, transformation)
@@ -291,6 +290,7 @@ def train(
     t_final = np.where(status == 0, times_saved[-1], times_saved[last_finite])
     return dict(
         saved=saved,
+        student=final,
         router=final.router,
         expert=final.expert,
         t_final=t_final,

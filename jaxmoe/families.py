@@ -61,6 +61,10 @@ __all__ = [
     "mixture_forward",
     "init_mixture_teacher",
     "init_mixture_student",
+    "init_mixture_reduced",
+    "is_classic",
+    "num_vectors",
+    "mixture_from_rows",
 ]
 
 # Independent gates: one activation per expert, no coupling between experts.
@@ -107,8 +111,9 @@ def _parse(text: str, what: str, known: dict) -> tuple[str, dict]:
     """``"name:key=value,key=value"`` → (name, {key: value}) with numbers converted."""
     if not isinstance(text, str):
         raise ValueError(f"a {what} is a name or a '{what}' string; got {text!r}")
-    name, _, rest = text.strip().partition(":")
-    name = name.strip()
+    # The name is matched exactly (no case folding, no stripping): a name that
+    # is almost right is more likely a mistake than a wish.
+    name, _, rest = text.partition(":")
     if name not in known:
         raise ValueError(f"unknown {what} {name!r}; allowed: {', '.join(known)}")
     params = {}
@@ -469,6 +474,68 @@ def init_mixture_teacher(
     return Mixture(router, weights, group_router if groups else None, bias, output, gate, expert)
 
 
+def is_classic(gate, expert_fn) -> bool:
+    """True for the paper's families: an independent sigmoid/erf gate and an He_k expert.
+
+    These run on `jaxmoe.MoE` with the exact kernel of DESIGN §2.
+
+    Example::
+
+        is_classic("sigmoid", "he3"), is_classic("softmax", "he3")   # (True, False)
+    """
+    return _as_gate(gate).independent and _as_expert(expert_fn).hermite
+
+
+def num_vectors(m: int, gate="sigmoid", expert_fn="he3") -> int:
+    """How many vectors in R^D a model of m experts has: m routers, G group routers, m·h expert rows.
+
+    h = 1 for He and linear experts, the hidden width for mlp experts. This is
+    the model's share of the reduced coordinates (`init_mixture_reduced`),
+    and for a teacher the size of its orthonormal frame.
+
+    Example::
+
+        num_vectors(4, "hierarchical:groups=2", "mlp:hidden=3")   # 4 + 2 + 12 = 18
+    """
+    gate, expert = _as_gate(gate), _as_expert(expert_fn)
+    hidden = expert.hidden if expert.name == "mlp" else 1
+    groups = gate.groups if gate.name == "hierarchical" else 0
+    return m * (1 + hidden) + groups
+
+
+def mixture_from_rows(
+    rows: Float[Array, "n D"], m: int, gate, expert_fn, *, output_key: PRNGKeyArray | None = None
+) -> Mixture:
+    """A student `Mixture` from its ``num_vectors(m, gate, expert_fn)`` raw vectors, in order:
+    routers (m), group routers (G), expert rows (m·h).
+
+    Then, as in the paper's initialisation: for He experts each router is
+    orthogonalised against its own expert; linear biases start at 0; mlp
+    output weights are N(0, 1/h) from `output_key` (required for mlp).
+    Shared by `init_mixture_student` (rows in d dimensions) and
+    `init_mixture_reduced` (rows in reduced coordinates), so the two differ
+    only in how the rows are drawn.
+    """
+    gate, expert = _as_gate(gate), _as_expert(expert_fn)
+    dtype = rows.dtype
+    groups = gate.groups if gate.name == "hierarchical" else 0
+    router, group_router, rest = rows[:m], rows[m : m + groups], rows[m + groups :]
+    bias = output = None
+    if expert.name == "mlp":
+        if output_key is None:
+            raise ValueError("an mlp student needs output_key for its output weights")
+        weights = rest.reshape(m, expert.hidden, rows.shape[-1])
+        output = jax.random.normal(output_key, (m, expert.hidden), dtype) / math.sqrt(expert.hidden)
+    else:
+        weights = rest
+        if expert.hermite:
+            w = unit(weights)
+            router = router - jnp.sum(router * w, axis=-1, keepdims=True) * w
+        else:
+            bias = jnp.zeros((m,), dtype)
+    return Mixture(router, weights, group_router if groups else None, bias, output, gate, expert)
+
+
 def init_mixture_student(
     m: int, dim: int, gate="sigmoid", expert_fn="he3", *, key: PRNGKeyArray, dtype=None
 ) -> Mixture:
@@ -478,31 +545,73 @@ def init_mixture_student(
     N(0, I_D/D): norm ≈ 1, overlap with any fixed direction of order D^(-1/2)
     (the paper's initialisation, DESIGN §1). For He experts each router is
     then orthogonalised against its own expert, as in the paper. Linear biases
-    start at 0; mlp output weights are N(0, 1/h).
+    start at 0; mlp output weights are N(0, 1/h) (`mixture_from_rows`).
 
     **Arguments:** `m` experts in dimension `dim`; `gate`, `expert_fn`; the
     PRNG `key`; `dtype`.
 
     **Returns:** a `Mixture` with ``m`` experts.
+
+    Example::
+
+        student = init_mixture_student(4, 50, "softmax", "linear", key=jax.random.PRNGKey(1))
+        student.router.shape, student.bias.shape     # (4, 50), (4,)
     """
     _check_size("m", m)
     _check_size("dim", dim)
     gate, expert = _as_gate(gate), _as_expert(expert_fn)
     dtype = dtype or jnp.zeros(()).dtype
-    k_router, k_group, k_expert, k_output = jax.random.split(key, 4)
-    scale = 1.0 / math.sqrt(dim)
-    router = scale * jax.random.normal(k_router, (m, dim), dtype)
-    group_router = bias = output = None
-    if gate.name == "hierarchical":
-        group_router = scale * jax.random.normal(k_group, (gate.groups, dim), dtype)
-    if expert.name == "mlp":
-        weights = scale * jax.random.normal(k_expert, (m, expert.hidden, dim), dtype)
-        output = jax.random.normal(k_output, (m, expert.hidden), dtype) / math.sqrt(expert.hidden)
-    else:
-        weights = scale * jax.random.normal(k_expert, (m, dim), dtype)
-        if expert.hermite:
-            w = unit(weights)
-            router = router - jnp.sum(router * w, axis=-1, keepdims=True) * w
-        else:
-            bias = jnp.zeros((m,), dtype)
-    return Mixture(router, weights, group_router, bias, output, gate, expert)
+    k_rows, k_output = jax.random.split(key)
+    rows = jax.random.normal(k_rows, (num_vectors(m, gate, expert), dim), dtype) / math.sqrt(dim)
+    return mixture_from_rows(rows, m, gate, expert, output_key=k_output)
+
+
+def init_mixture_reduced(
+    m: int,
+    m_star: int,
+    d: int,
+    gate="sigmoid",
+    expert_fn="he3",
+    *,
+    key: PRNGKeyArray,
+    teacher_gate=None,
+    teacher_expert=None,
+    dtype=None,
+) -> tuple[Mixture, Mixture]:
+    """Teacher and student in reduced coordinates, with the exact law of d dimensions.
+
+    As `jaxmoe.init.init_reduced` (DESIGN §3), for every family: the input
+    law is rotation invariant and every family depends on x only through
+    projections on its vectors, so gradient flow stays in the span of the
+    teacher's n* and the initial student's n vectors (`num_vectors`); the
+    k = n* + n coordinates in an orthonormal basis of it evolve exactly as in
+    d dimensions. The teacher takes the first n* axes (`init_mixture_teacher`
+    with no key); the student's raw N(0, I_d/d) vectors are drawn there by
+    `jaxmoe.init.gaussian_rows_reduced`, without any d-vector.
+
+    **Arguments:** `m`, `m_star`, `d` (needs d > k); the student's `gate` and
+    `expert_fn`, the teacher's (``None``: the same); the PRNG `key`; `dtype`.
+
+    **Returns:** ``(teacher, student)`` with arrays in k coordinates.
+
+    Example::
+
+        teacher, student = init_mixture_reduced(4, 2, 10**6, "softmax", "linear", key=jax.random.PRNGKey(0))
+        teacher.router.shape, student.router.shape    # ((2, 12), (4, 12))
+    """
+    from .init import gaussian_rows_reduced
+
+    _check_size("m", m)
+    _check_size("m_star", m_star)
+    gate, expert = _as_gate(gate), _as_expert(expert_fn)
+    teacher_gate = gate if teacher_gate is None else _as_gate(teacher_gate)
+    teacher_expert = expert if teacher_expert is None else _as_expert(teacher_expert)
+    dtype = dtype or jnp.zeros(()).dtype
+    n_teacher, n_student = num_vectors(m_star, teacher_gate, teacher_expert), num_vectors(m, gate, expert)
+    k = n_teacher + n_student
+    if d <= k:
+        raise ValueError(f"reduced coordinates need d > {k} (the teacher's and the student's vectors); got d = {d}")
+    k_rows, k_output = jax.random.split(key)
+    teacher = init_mixture_teacher(m_star, k, teacher_gate, teacher_expert, dtype=dtype)
+    rows = gaussian_rows_reduced(k_rows, n_student, n_teacher, d, dtype)
+    return teacher, mixture_from_rows(rows, m, gate, expert, output_key=k_output)

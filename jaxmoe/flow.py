@@ -33,9 +33,8 @@ import numpy as np
 
 from .config import SimulationConfig
 from .devices import blocks_per_device, in_blocks, num_devices, seed_block, shard_index, shard_seeds
-from .model import MoE
+from .models import Model, model_loss
 from .observables import observe
-from .population import population_loss
 
 __all__ = ["integrate", "time_grid", "vector_field"]
 
@@ -83,16 +82,21 @@ def time_grid(config: SimulationConfig) -> np.ndarray:
     return np.concatenate([[0.0], geometric])
 
 
-def vector_field(student: MoE, teacher: MoE) -> MoE:
-    """``dθ/dt = −∇L(θ)`` with respect to the student's router and expert vectors.
+def vector_field(student: Model, teacher: Model, t=None) -> Model:
+    """``dθ/dt = −∇L(θ)`` with respect to every array of the student.
 
-    L is the exact `population_loss` (DESIGN §1–2), differentiated by
-    `jax.grad`. L depends on v_i, w_i only through their directions, so
-    ``v_i·∂L/∂v_i = w_i·∂L/∂w_i = 0``: the flow conserves every norm.
+    L is the exact `population_loss` (DESIGN §1–2) for the paper's model,
+    `jaxmoe.quadrature.mixture_loss` for other families
+    (`jaxmoe.models.model_loss`), differentiated by `jax.grad`. The paper's
+    L depends on v_i, w_i only through their directions, so
+    ``v_i·∂L/∂v_i = w_i·∂L/∂w_i = 0``: the flow conserves every norm (so do
+    the routers of every gate family, which enter as unit vectors).
 
-    **Arguments:** one `student` ``(m, D)``, one `teacher` ``(m*, D)``.
+    **Arguments:** one `student` ``(m, D)``, one `teacher` ``(m*, D)``
+    (`jaxmoe.MoE` or `jaxmoe.families.Mixture`); `t`, the flow time (for a
+    temperature schedule).
 
-    **Returns:** an `MoE` holding ``−∂L/∂v_i`` and ``−∂L/∂w_i``, shapes ``(m, D)``.
+    **Returns:** a model of the student's type holding ``−∂L/∂θ`` for each array.
 
     Example::
 
@@ -101,15 +105,14 @@ def vector_field(student: MoE, teacher: MoE) -> MoE:
         field = jaxmoe.flow.vector_field(student, teacher)
         jnp.sum(field.router * student.router, axis=-1)      # ≈ 0: norms are conserved
     """
-    gradient = jax.grad(population_loss)(student, teacher)
+    gradient = jax.grad(model_loss)(student, teacher, t)
     return jax.tree_util.tree_map(jnp.negative, gradient)
 
 
 class _Spec(NamedTuple):
-    """The static part of a configuration: what the compiled solve depends on."""
+    """The static part of a configuration: what the compiled solve depends on
+    (the model families are in the models' tree structure, which `jax.jit` keys on)."""
 
-    gate: str
-    expert: str
     solver: str
     rtol: float
     atol: float
@@ -225,37 +228,32 @@ def _compiled_solve(spec: _Spec):
         )
 
     def field(t, y, teacher):
-        return vector_field(MoE(*y, spec.gate, spec.expert), teacher)
-
-    def field_tuple(t, y, teacher):
-        v = field(t, y, teacher)
-        return (v.router, v.expert)
+        return vector_field(y, teacher, t)
 
     def observables(t, y, teacher):
-        return observe(MoE(*y, spec.gate, spec.expert), teacher)
+        return observe(y, teacher, t)
 
     def stop(t, y, teacher, threshold, recovered_at, **kwargs):
         # Checked after every accepted step: converged (loss below the
         # threshold, or every teacher expert recovered in expert and router
         # alignment), or broken beyond repair.
-        obs = observe(MoE(*y, spec.gate, spec.expert), teacher)
+        obs = observe(y, teacher, t)
         loss = obs["loss"]
         recovered = jnp.all(jnp.max(obs["expert_alignment"], axis=0) >= recovered_at) & jnp.all(
             jnp.max(obs["router_alignment"], axis=0) >= recovered_at
         )
         return (loss < threshold) | recovered | ~jnp.isfinite(loss)
 
-    def solve_one(router0, expert0, teacher_router, teacher_expert, times, threshold, recovered_at):
-        teacher = MoE(teacher_router, teacher_expert, spec.gate, spec.expert)
+    def solve_one(student0, teacher, times, threshold, recovered_at):
         saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=times, fn=observables), diffrax.SubSaveAt(t1=True)])
         event = diffrax.Event(functools.partial(stop, threshold=threshold, recovered_at=recovered_at))
         solution = diffrax.diffeqsolve(
-            diffrax.ODETerm(field_tuple),
+            diffrax.ODETerm(field),
             solver,
             t0=times[0],
             t1=times[-1],
             dt0=spec.dt,
-            y0=(router0, expert0),
+            y0=student0,
             args=teacher,
             saveat=saveat,
             stepsize_controller=controller(times[-1]),
@@ -265,13 +263,13 @@ def _compiled_solve(spec: _Spec):
             progress_meter=_SlowestSeedMeter() if spec.progress else diffrax.NoProgressMeter(),
         )
         saved_ts, final_ts = solution.ts
-        saved, (router, expert) = solution.ys
-        router, expert = router[0], expert[0]  # the t1 save has a length-1 time axis
+        saved, student = solution.ys
+        student = jax.tree_util.tree_map(lambda x: x[0], student)  # the t1 save has a length-1 time axis
         status = _status_code(solution.result)
         # Times a seed never reached come back as inf. After an early stop they
         # hold the stopped state; after a failure they are NaN.
         reached = jnp.isfinite(saved_ts)
-        final_obs = observe(MoE(router, expert, spec.gate, spec.expert), teacher)
+        final_obs = observe(student, teacher, final_ts[0])
 
         def fill(x, last):
             mask = reached.reshape(reached.shape + (1,) * (x.ndim - 1))
@@ -279,18 +277,20 @@ def _compiled_solve(spec: _Spec):
             return jnp.where(mask, x, filler)
 
         saved = jax.tree_util.tree_map(fill, saved, final_obs)
-        finite = jnp.isfinite(saved["loss"]).all() & jnp.isfinite(router).all() & jnp.isfinite(expert).all()
+        finite = jnp.isfinite(saved["loss"]).all()
+        for leaf in jax.tree_util.tree_leaves(student):
+            finite = finite & jnp.isfinite(leaf).all()
         status = jnp.where((status <= 1) & ~finite, 3, status)
-        return saved, router, expert, final_ts[0], solution.stats["num_steps"], status
+        return saved, student, final_ts[0], solution.stats["num_steps"], status
 
-    batched = jax.vmap(solve_one, in_axes=(0, 0, 0, 0, None, None, None))
-    # The four model arrays carry the seed axis; times and thresholds are shared.
+    batched = jax.vmap(solve_one, in_axes=(0, 0, None, None, None))
+    # Student and teacher carry the seed axis; times and thresholds are shared.
     # Each device runs its seeds in blocks (one block on an accelerator); a
     # block's while loop ends when its own seeds are done.
-    return shard_seeds(in_blocks(jax.jit(batched), 4, spec.block), num_batched=4)
+    return shard_seeds(in_blocks(jax.jit(batched), 2, spec.block), num_batched=2)
 
 
-def integrate(config: SimulationConfig, teacher: MoE, student: MoE, times: np.ndarray, *, progress: bool = False) -> dict:
+def integrate(config: SimulationConfig, teacher: Model, student: Model, times: np.ndarray, *, progress: bool = False) -> dict:
     """Gradient flow ``dθ/dt = −∇L(θ)`` of a batch of seeds (models with a leading seed axis).
 
     Solved by diffrax (``config.solver`` with PID step control, or fixed-step
@@ -301,14 +301,15 @@ def integrate(config: SimulationConfig, teacher: MoE, student: MoE, times: np.nd
     **Arguments:**
 
     - `config`: the `SimulationConfig` (solver, tolerances, stopping rules).
-    - `teacher`, `student`: `MoE` with arrays ``(S, m*, D)`` and ``(S, m, D)``,
-      in the dtype to integrate in.
+    - `teacher`, `student`: `jaxmoe.MoE` or `jaxmoe.families.Mixture` with
+      arrays ``(S, m*, D)`` and ``(S, m, D)``, in the dtype to integrate in.
     - `times`: the saved times ``(T,)``, from 0 (e.g. `time_grid`).
     - `progress`: show a progress bar (the slowest running seed).
 
     **Returns:** a dict of host arrays: ``saved``, the observables at `times`
     (``{"loss": (S, T), "expert_alignment": (S, T, m, m*), "router_alignment":
-    (S, T, m, m*)}``); the final ``router`` and ``expert`` ``(S, m, D)``; and
+    (S, T, m, m*)}``); the final ``student`` (a model with a seed axis) and
+    its ``router`` and ``expert`` ``(S, m, D)``; and
     per seed ``t_final``, ``num_steps`` and ``status`` (an index into
     `STATUS_NAMES`), each ``(S,)``.
 
@@ -325,8 +326,6 @@ def integrate(config: SimulationConfig, teacher: MoE, student: MoE, times: np.nd
             f"max_steps is {config.max_steps}"
         )
     spec = _Spec(
-        gate=config.gate,
-        expert=config.expert,
         solver=config.solver,
         rtol=config.rtol,
         atol=config.atol,
@@ -346,13 +345,11 @@ def integrate(config: SimulationConfig, teacher: MoE, student: MoE, times: np.nd
         _progress.open(num_devices(), blocks)
     finished = False
     try:
-        saved, router, expert, t_final, num_steps, status = solve(
-            student.router, student.expert, teacher.router, teacher.expert, jnp.asarray(times, dtype), threshold,
-            recovered_at,
+        saved, final, t_final, num_steps, status = solve(
+            student, teacher, jnp.asarray(times, dtype), threshold, recovered_at
         )
-        out = jax.device_get(
-            dict(saved=saved, router=router, expert=expert, t_final=t_final, num_steps=num_steps, status=status)
-        )
+        out = jax.device_get(dict(saved=saved, student=final, t_final=t_final, num_steps=num_steps, status=status))
+        out["router"], out["expert"] = out["student"].router, out["student"].expert
         finished = True
     finally:
         if progress:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import functools
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from .hermite import Activation, HermiteExpert
+from .families import Mixture, init_mixture_reduced, init_mixture_student, init_mixture_teacher, num_vectors
 from .model import MoE, unit
 
 __all__ = [
@@ -25,6 +27,8 @@ __all__ = [
     "init_problem",
     "reduced_dimension",
     "uses_reduced",
+    "config_dimension",
+    "gaussian_rows_reduced",
     "project_to_span",
 ]
 
@@ -181,11 +185,21 @@ def uses_reduced(config) -> bool:
     span_preserving = config.method == "flow" or (
         config.method == "optax" and config.optimizer in ROTATION_EQUIVARIANT
     )
-    return (
-        config.mode == "reduced"
-        and span_preserving
-        and config.d > reduced_dimension(config.m, config.m_star)
-    )
+    return config.mode == "reduced" and span_preserving and config.d > config_dimension(config)
+
+
+def config_dimension(config) -> int:
+    """Reduced coordinates of a configuration: 2(m + m*) for the paper's model,
+    else the teacher's and the student's vectors together (`jaxmoe.families.num_vectors`).
+
+    Example::
+
+        jaxmoe.init.config_dimension(jaxmoe.SimulationConfig(m=4, m_star=2, gate="hierarchical:groups=2"))   # 16
+    """
+    if config.classic:
+        return reduced_dimension(config.m, config.m_star)
+    gate, expert, teacher_gate, teacher_expert = config.families()
+    return num_vectors(config.m_star, teacher_gate, teacher_expert) + num_vectors(config.m, gate, expert)
 
 
 def init_reduced(
@@ -235,18 +249,30 @@ def init_reduced(
     if d <= k:
         raise ValueError(f"reduced coordinates need d > 2(m + m*) = {k}; got d = {d} (use the full mode)")
     dtype = dtype or jnp.zeros(()).dtype
-    key_span, key_lower, key_chi = jax.random.split(key, 3)
     teacher = init_teacher(m_star, k, gate=gate, expert_fn=expert_fn, dtype=dtype)
-    scale = 1.0 / jnp.sqrt(jnp.asarray(d, dtype))
-    n = 2 * m
-    span = scale * jax.random.normal(key_span, (n, 2 * m_star), dtype)
-    lower = jnp.tril(scale * jax.random.normal(key_lower, (n, n), dtype), k=-1)
-    dof = (d - 2 * m_star) - jnp.arange(n, dtype=dtype)  # d − 2m* − i + 1 for i = 1 … 2m
-    chi2 = 2.0 * jax.random.gamma(key_chi, dof / 2.0, dtype=dtype)
-    lower = lower + jnp.diag(jnp.sqrt(chi2) * scale)
-    raw = jnp.concatenate([span, lower], axis=1)  # (2m, k)
+    raw = gaussian_rows_reduced(key, 2 * m, 2 * m_star, d, dtype)  # (2m, k)
     router, expert = raw[:m], raw[m:]
     return teacher, MoE(orthogonalise_router(router, expert), expert, gate, expert_fn)
+
+
+def gaussian_rows_reduced(key: PRNGKeyArray, n: int, n_span: int, d: int, dtype) -> Float[Array, "n k"]:
+    """n rows iid N(0, I_d/d) in d dimensions, written in k = n_span + n coordinates (Bartlett).
+
+    The first `n_span` coordinates are those on a fixed orthonormal set (the
+    teacher's axes): iid N(0, 1/d). The parts orthogonal to it form an
+    n × (d − n_span) Gaussian matrix ``G = L Q`` with Q orthonormal rows and
+    L lower triangular with the Bartlett law, ``L_ii = √(χ²_{d−n_span−i+1}/d)``
+    (i from 1) and ``L_ij ~ N(0, 1/d)`` below the diagonal; L holds the
+    coordinates in Q's basis (`init_reduced`). Needs d ≥ n_span + n.
+    """
+    key_span, key_lower, key_chi = jax.random.split(key, 3)
+    scale = 1.0 / jnp.sqrt(jnp.asarray(d, dtype))
+    span = scale * jax.random.normal(key_span, (n, n_span), dtype)
+    lower = jnp.tril(scale * jax.random.normal(key_lower, (n, n), dtype), k=-1)
+    dof = (d - n_span) - jnp.arange(n, dtype=dtype)  # d − n_span − i + 1 for i = 1 … n
+    chi2 = 2.0 * jax.random.gamma(key_chi, dof / 2.0, dtype=dtype)
+    lower = lower + jnp.diag(jnp.sqrt(chi2) * scale)
+    return jnp.concatenate([span, lower], axis=1)
 
 
 def init_problem(config, seed_index) -> tuple[MoE, MoE]:
@@ -272,6 +298,11 @@ def init_problem(config, seed_index) -> tuple[MoE, MoE]:
         teacher, student = jaxmoe.init.init_problem(config, np.arange(3))
         student.router.shape       # (3, 4, 12): reduced coordinates
     """
+    if not config.classic:
+        draw = _compiled_draw_mixture(
+            config.m, config.m_star, config.d, *config.families(), config.teacher, config.base_seed, uses_reduced(config)
+        )
+        return draw(jnp.asarray(seed_index))
     draw = _compiled_draw(
         config.m, config.m_star, config.d, config.gate, config.expert, config.teacher, config.base_seed,
         uses_reduced(config),
@@ -292,6 +323,25 @@ def _compiled_draw(m, m_star, d, gate, expert, teacher_frame, base_seed, reduced
         )
         student = init_student(m, d, key=key_student, gate=gate, expert_fn=expert)
         return teacher, student
+
+    return jax.jit(jax.vmap(one))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_draw_mixture(m, m_star, d, gate, expert, teacher_gate, teacher_expert, teacher_frame, base_seed, reduced):
+    """As `_compiled_draw`, for `jaxmoe.families.Mixture` models (every other gate and expert family)."""
+
+    def one(index):
+        key = seed_key(base_seed, index)
+        if reduced:
+            return init_mixture_reduced(
+                m, m_star, d, gate, expert, key=key, teacher_gate=teacher_gate, teacher_expert=teacher_expert
+            )
+        key_teacher, key_student = jax.random.split(key)
+        teacher = init_mixture_teacher(
+            m_star, d, teacher_gate, teacher_expert, key=key_teacher if teacher_frame == "random" else None
+        )
+        return teacher, init_mixture_student(m, d, gate, expert, key=key_student)
 
     return jax.jit(jax.vmap(one))
 
@@ -328,6 +378,45 @@ def project_to_span(teacher: MoE, student: MoE) -> tuple[MoE, MoE]:
         m = s_router.shape[0]
         return coords[:m_star], coords[m_star:2 * m_star], coords[2 * m_star:2 * m_star + m], coords[2 * m_star + m:]
 
+    if isinstance(teacher, Mixture) or isinstance(student, Mixture):
+        return _project_mixtures(teacher, student)
     fn = jax.vmap(one) if student.router.ndim == 3 else one
     tr, te, sr, se = jax.jit(fn)(teacher.router, teacher.expert, student.router, student.expert)
     return MoE(tr, te, teacher.gate, teacher.expert_fn), MoE(sr, se, student.gate, student.expert_fn)
+
+
+# The arrays of a Mixture that hold vectors in R^D (the rest, biases and mlp
+# output weights, are scalars per expert and do not rotate).
+_VECTOR_FIELDS = ("router", "group_router", "expert")
+
+
+def _project_mixtures(teacher: Mixture, student: Mixture) -> tuple[Mixture, Mixture]:
+    """`project_to_span` for `jaxmoe.families.Mixture` models: every vector
+    (routers, group routers, expert rows) in an orthonormal basis of their span."""
+
+    def rows(model):
+        parts = [getattr(model, f) for f in _VECTOR_FIELDS if getattr(model, f) is not None]
+        return [p.reshape(p.shape[:-3] + (-1, p.shape[-1])) if p.ndim == model.router.ndim + 1 else p for p in parts]
+
+    def one(t_rows, s_rows):
+        vectors = jnp.concatenate(t_rows + s_rows, axis=0)
+        q, _ = jnp.linalg.qr(vectors.T)
+        return [r @ q for r in t_rows], [r @ q for r in s_rows]
+
+    batched = student.router.ndim == 3
+    fn = jax.vmap(one) if batched else one
+    t_rows, s_rows = jax.jit(fn)(rows(teacher), rows(student))
+
+    def rebuild(model, projected):
+        changes, k = {}, 0
+        for f in _VECTOR_FIELDS:
+            value = getattr(model, f)
+            if value is None:
+                continue
+            changes[f] = projected[k].reshape(value.shape[:-1] + (projected[k].shape[-1],))
+            k += 1
+        return eqx.tree_at(
+            lambda mdl: [getattr(mdl, f) for f in changes], model, [changes[f] for f in changes]
+        )
+
+    return rebuild(teacher, t_rows), rebuild(student, s_rows)

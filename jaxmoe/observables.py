@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 from jaxtyping import Array, Float
 
-from .model import MoE, unit
-from .population import population_loss
+from .model import unit
+from .models import Model, expert_alignment, model_loss, router_alignment
 
 __all__ = [
     "alignment",
@@ -49,14 +49,17 @@ def alignment(a: Float[Array, "m d"], b: Float[Array, "k d"]) -> Float[Array, "m
     return unit(a) @ unit(b).T
 
 
-def observe(student: MoE, teacher: MoE) -> dict[str, Array]:
+def observe(student: Model, teacher: Model, t=None) -> dict[str, Array]:
     """The observables saved at every requested time.
 
-    The exact population loss ``L = ½ E[(f_student(x) − f_teacher(x))²]``
-    (`population_loss`) and the alignments ``w̄_i·w̄*_j``, ``v̄_i·v̄*_j``.
+    The population loss ``L = ½ E[(f_student(x) − f_teacher(x))²]``
+    (`jaxmoe.models.model_loss`: the exact kernel for the paper's model) and
+    the alignments ``w̄_i·w̄*_j``, ``v̄_i·v̄*_j`` (`jaxmoe.models.expert_alignment`
+    says what the expert alignment is for mlp experts).
 
     **Arguments:** one `student` ``(m, D)`` and one `teacher` ``(m*, D)``
-    (use `jax.vmap` for seeds).
+    (use `jax.vmap` for seeds), `jaxmoe.MoE` or `jaxmoe.families.Mixture`;
+    `t`, the gradient-flow time (for a gate with a temperature schedule).
 
     **Returns:** ``{"loss": (), "expert_alignment": (m, m*), "router_alignment": (m, m*)}``.
 
@@ -67,9 +70,9 @@ def observe(student: MoE, teacher: MoE) -> dict[str, Array]:
         obs["expert_alignment"].shape    # (4, 2), entries of order 50^(-1/2)
     """
     return {
-        "loss": population_loss(student, teacher),
-        "expert_alignment": alignment(student.expert, teacher.expert),
-        "router_alignment": alignment(student.router, teacher.router),
+        "loss": model_loss(student, teacher, t),
+        "expert_alignment": expert_alignment(student, teacher),
+        "router_alignment": router_alignment(student, teacher),
     }
 
 

@@ -211,6 +211,17 @@ def _contributions(result: Result) -> np.ndarray:
         return np.asarray(_batched_kernel(result.config.gate, result.config.expert)(*arrays))
 
 
+def _check_classic(result: Result) -> None:
+    # Selection by contribution, the pruned problem and the Hessian spectrum
+    # are built on the exact kernel of the paper's model (jaxmoe.MoE).
+    config = result.config
+    if not config.classic:
+        raise ValueError(
+            "pruning supports the paper's model (gate sigmoid or erf, experts he1..he4, teacher alike); "
+            f"this run has gate {config.gate!r} and expert {config.expert!r}"
+        )
+
+
 def select_experts(result: Result, *, rule: str = "best", threshold: float = 0.9) -> Selection:
     """Choose, for each teacher expert, the student expert that pruning keeps.
 
@@ -247,6 +258,7 @@ def select_experts(result: Result, *, rule: str = "best", threshold: float = 0.9
         jaxmoe.prune.select_experts(result, rule="contribution").kept    # (2, 2)
     """
     _check_rule(rule, threshold)
+    _check_classic(result)
     m, m_star = result.config.m, result.config.m_star
     if result.student_router.shape[1] < m_star:
         raise ValueError(f"the run has m = {m} student experts, fewer than m* = {m_star}: nothing to prune to")

@@ -39,7 +39,9 @@ VERSION = 1
 # field became NaN/inf, so the step size collapsed), solver_error (anything else).
 STATUS_NAMES = ("success", "converged", "step_limit", "non_finite", "solver_error")
 
-# name -> (number of dimensions, dtype kind); checked on load.
+# name -> (number of dimensions, dtype kind); checked on load. Expert weights
+# have a hidden axis for mlp experts, (S, m, h, D): 3 or 4 dimensions.
+_EXPERT_NDIM = (3, 4)
 _ARRAYS = {
     "times": (1, "f"),
     "seed_index": (1, "i"),
@@ -50,11 +52,22 @@ _ARRAYS = {
     "t_final": (1, "f"),
     "num_steps": (1, "i"),
     "student_router0": (3, "f"),
-    "student_expert0": (3, "f"),
+    "student_expert0": (_EXPERT_NDIM, "f"),
     "teacher_router": (3, "f"),
-    "teacher_expert": (3, "f"),
+    "teacher_expert": (_EXPERT_NDIM, "f"),
     "student_router": (3, "f"),
-    "student_expert": (3, "f"),
+    "student_expert": (_EXPERT_NDIM, "f"),
+}
+# Arrays present only for some families or methods (`Result.extra`):
+# the other parameters of a `jaxmoe.families.Mixture` (group routers, linear
+# biases, mlp output weights) of the initial student, the teacher and the
+# final student, and per-time routing observables.
+_PARAMETERS = {"group_router": 3, "bias": 2, "output": 3}
+_EXTRA = {
+    **{f"{who}_{name}": (ndim, "f") for name, ndim in _PARAMETERS.items() for who in ("student", "teacher")},
+    **{f"student_{name}0": (ndim, "f") for name, ndim in _PARAMETERS.items()},
+    "load": (3, "f"),
+    "quality": (3, "f"),
 }
 
 
@@ -79,6 +92,11 @@ class Result:
       run can be replayed; `student_router`, `student_expert` (S, m, D): the
       student at `t_final`.
     - `train_loss` (S, T) or None: the training-set loss (method "dataset").
+    - `extra`: arrays that only some families have, by name: for a
+      `jaxmoe.families.Mixture`, ``student_<name>0``, ``teacher_<name>``,
+      ``student_<name>`` for each of ``group_router`` (S, ·, G, D), ``bias``
+      (S, m) and ``output`` (S, m, h) it uses. Expert weights of mlp
+      experts are (S, m, h, D). `models` rebuilds the models.
     - `config`: the `SimulationConfig`; `run`: facts about the run.
 
     Example::
@@ -105,6 +123,7 @@ class Result:
     student_expert: np.ndarray
     run: dict[str, Any] = dataclasses.field(default_factory=dict)
     train_loss: np.ndarray | None = None
+    extra: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def num_seeds(self) -> int:
@@ -116,7 +135,39 @@ class Result:
         out = {name: getattr(self, name) for name in _ARRAYS}
         if self.train_loss is not None:
             out["train_loss"] = self.train_loss
+        out.update(self.extra)
         return out
+
+    def models(self, which: str = "final"):
+        """``(teacher, student)`` rebuilt with a leading seed axis: the student
+        at `t_final` (``which="final"``) or at t = 0 (``"initial"``).
+
+        `jaxmoe.MoE` for the paper's model, `jaxmoe.families.Mixture`
+        otherwise; ``jaxmoe.simulate(result.config, initial=result.models("initial"))``
+        replays the run.
+        """
+        if which not in ("final", "initial"):
+            raise ValueError(f"which must be 'final' or 'initial'; got {which!r}")
+        from .families import Mixture
+        from .model import MoE
+
+        suffix = "0" if which == "initial" else ""
+        config = self.config
+        student = {"router": getattr(self, f"student_router{suffix}"), "expert": getattr(self, f"student_expert{suffix}")}
+        teacher = {"router": self.teacher_router, "expert": self.teacher_expert}
+        for name in _PARAMETERS:
+            student[name] = self.extra.get(f"student_{name}{suffix}")
+            teacher[name] = self.extra.get(f"teacher_{name}")
+        if config.classic:
+            return (
+                MoE(teacher["router"], teacher["expert"], config.gate, config.expert),
+                MoE(student["router"], student["expert"], config.gate, config.expert),
+            )
+        gate, expert, teacher_gate, teacher_expert = config.families()
+        return (
+            Mixture(**teacher, gate=teacher_gate, expert_fn=teacher_expert),
+            Mixture(**student, gate=gate, expert_fn=expert),
+        )
 
     def status_names(self) -> list[str]:
         """``STATUS_NAMES[status[s]]`` for every seed s."""
@@ -134,8 +185,16 @@ class Result:
         return np.where(finite.any(axis=1), self.loss[np.arange(self.num_seeds), last], np.nan)
 
     def final_expert_alignment(self) -> np.ndarray:
-        """Expert alignments of the final student, shape (S, m, m*)."""
-        return _cosines(self.student_expert, self.teacher_expert)
+        """Expert alignments of the final student, shape (S, m, m*).
+
+        Cosines of the expert vectors; for mlp experts (whose alignment is
+        functional, `jaxmoe.models.expert_alignment`) the last finite saved value.
+        """
+        if self.student_expert.ndim == 3 and self.teacher_expert.ndim == 3:
+            return _cosines(self.student_expert, self.teacher_expert)
+        finite = np.isfinite(self.loss)
+        last = np.where(finite.any(axis=1), finite.shape[1] - 1 - np.argmax(finite[:, ::-1], axis=1), 0)
+        return self.expert_alignment[np.arange(self.num_seeds), last]
 
     def final_router_alignment(self) -> np.ndarray:
         """Router alignments of the final student, shape (S, m, m*)."""
@@ -232,11 +291,17 @@ def load(folder: str | os.PathLike) -> Result:
             arrays = {name: data[name] for name in data.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise ValueError(f"{npz_path} cannot be read as an array archive: {err}") from None
-    for name, (ndim, kind) in _ARRAYS.items():
+    for name, (ndim, kind) in {**_ARRAYS, **_EXTRA}.items():
         if name not in arrays:
+            if name in _EXTRA:
+                continue
             raise ValueError(f"{npz_path} lacks the array {name!r}")
-        if arrays[name].ndim != ndim or arrays[name].dtype.kind != kind:
+        ndims = ndim if isinstance(ndim, tuple) else (ndim,)
+        if arrays[name].ndim not in ndims or arrays[name].dtype.kind != kind:
             raise ValueError(f"{npz_path}: array {name!r} has shape {arrays[name].shape} and dtype {arrays[name].dtype}")
+    unknown = sorted(set(arrays) - set(_ARRAYS) - set(_EXTRA) - {"train_loss"})
+    if unknown:
+        raise ValueError(f"{npz_path} holds arrays this jaxmoe does not know: {unknown}")
     seeds, times = arrays["loss"].shape
     if arrays["times"].shape != (times,) or arrays["seed_index"].shape != (seeds,):
         raise ValueError(f"{npz_path}: arrays disagree on the number of seeds or times")
@@ -244,7 +309,8 @@ def load(folder: str | os.PathLike) -> Result:
     if train_loss is not None and train_loss.shape != (seeds, times):
         raise ValueError(f"{npz_path}: train_loss has shape {train_loss.shape}; expected {(seeds, times)}")
     run = header.get("run") if isinstance(header.get("run"), dict) else {}
-    return Result(config=config, run=run, train_loss=train_loss, **{name: arrays[name] for name in _ARRAYS})
+    extra = {name: arrays[name] for name in _EXTRA if name in arrays}
+    return Result(config=config, run=run, train_loss=train_loss, extra=extra, **{name: arrays[name] for name in _ARRAYS})
 
 
 def format_summary(result: Result) -> str:

@@ -22,32 +22,45 @@ from . import discrete, flow
 from .config import SimulationConfig
 from .devices import num_devices
 from .init import init_problem, uses_reduced
+from .families import Mixture
 from .model import MoE
+from .models import Model, model_arrays
 from .results import Result
 
 __all__ = ["simulate"]
 
 
 def _num_seeds(initial) -> int:
-    if not (isinstance(initial, tuple) and len(initial) == 2 and all(isinstance(x, MoE) for x in initial)):
-        raise TypeError("initial must be a tuple (teacher, student) of jaxmoe.MoE")
+    if not (isinstance(initial, tuple) and len(initial) == 2 and all(isinstance(x, (MoE, Mixture)) for x in initial)):
+        raise TypeError("initial must be a tuple (teacher, student) of jaxmoe.MoE or jaxmoe.families.Mixture")
     if initial[1].router.ndim != 3:
         raise ValueError("initial models need a leading seed axis: shapes (S, m*, D) and (S, m, D)")
     return initial[1].router.shape[0]
 
 
-def _check_initial(initial, config: SimulationConfig, num_seeds: int) -> tuple[MoE, MoE]:
+def _families(model: Model) -> tuple[str, str]:
+    if isinstance(model, MoE):
+        return model.gate.name, model.expert_fn.name
+    return str(model.gate), str(model.expert_fn)
+
+
+def _check_initial(initial, config: SimulationConfig, num_seeds: int) -> tuple[Model, Model]:
     teacher, student = initial
     dim = student.router.shape[-1]
     expected = {"teacher": (num_seeds, config.m_star, dim), "student": (num_seeds, config.m, dim)}
+    gate, expert, teacher_gate, teacher_expert = (str(f) for f in config.families())
+    wanted = {"teacher": (teacher_gate, teacher_expert), "student": (gate, expert)}
+    kind = MoE if config.classic else Mixture
     for name, model in (("teacher", teacher), ("student", student)):
         if model.router.shape != expected[name]:
             raise ValueError(f"initial {name} must have shape {expected[name]}; got {model.router.shape}")
-        if model.gate.name != config.gate or model.expert_fn.name != config.expert:
+        if _families(model) != wanted[name]:
             raise ValueError(
-                f"initial {name} uses gate {model.gate.name!r} and expert {model.expert_fn.name!r}; "
-                f"the configuration says {config.gate!r} and {config.expert!r}"
+                f"initial {name} uses gate {_families(model)[0]!r} and expert {_families(model)[1]!r}; "
+                f"the configuration says {wanted[name][0]!r} and {wanted[name][1]!r}"
             )
+        if not isinstance(model, kind):
+            raise TypeError(f"initial {name} must be a {kind.__name__} for gate {gate!r} and expert {expert!r}")
     if config.method in ("online", "dataset") and dim != config.d:
         raise ValueError(f"method {config.method!r} samples inputs in d = {config.d} dimensions; initial vectors have {dim}")
     return teacher, student
@@ -58,7 +71,7 @@ def simulate(
     /,
     *,
     seed_index=None,
-    initial: tuple[MoE, MoE] | None = None,
+    initial: tuple[Model, Model] | None = None,
     transformation: optax.GradientTransformation | None = None,
     progress: bool = False,
     **changes,
@@ -132,6 +145,14 @@ def simulate(
         teacher, student = jax.device_get((teacher, student))
     wall = time.perf_counter() - start
     saved = out["saved"]
+    extra = {}
+    for who, model, suffix in (("student", student, "0"), ("teacher", teacher, ""), ("student", out["student"], "")):
+        for name, value in model_arrays(model).items():
+            if name not in ("router", "expert"):
+                extra[f"{who}_{name}{suffix}"] = np.asarray(value)
+    for name in ("load", "quality"):
+        if name in saved:
+            extra[name] = saved[name]
     return Result(
         config=config,
         times=np.asarray(times, dtype=config.dtype),
@@ -149,6 +170,7 @@ def simulate(
         teacher_expert=teacher.expert,
         student_router=out["router"],
         student_expert=out["expert"],
+        extra=extra,
         run={
             "method": config.method,
             "optimizer": None if config.method == "flow" else ("custom" if transformation is not None else config.optimizer),

@@ -23,13 +23,15 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from jaxmoe.config import DTYPES, METHODS, MODES, OPTIMIZERS, SOLVERS, TEACHERS, TIME_GRIDS, SimulationConfig
-from jaxmoe.hermite import ACTIVATIONS, EXPERTS
+from jaxmoe.families import EXPERT_FAMILIES, GATES
 
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 NAMES = {
-    "gate": tuple(sorted(ACTIVATIONS)),
-    "expert": tuple(sorted(EXPERTS)),
+    # Gates and experts are family strings ("temperature:tau=0.5"); the name
+    # before the colon is what must be one of these.
+    "gate": GATES,
+    "expert": EXPERT_FAMILIES,
     "teacher": TEACHERS,
     "mode": MODES,
     "time_grid": TIME_GRIDS,
@@ -41,6 +43,14 @@ NAMES = {
 
 # ---------------------------------------------------------------------------
 # Valid values
+
+# One valid string per family, whatever m, m* and d (groups = 1 divides every
+# m, k = 1 ≤ m, an mlp of width 1 needs the 2m* ≤ d of the paper's teacher).
+# In canonical form, which the configuration keeps as given.
+VALID_GATES = (
+    "sigmoid", "erf", "softmax", "temperature:tau=0.5", "activation:act=tanh", "hierarchical:groups=1", "topk:k=1"
+)
+VALID_EXPERTS = ("he1", "he2", "he3", "he4", "linear", "mlp:hidden=1,act=tanh")
 
 positive_float = st.floats(min_value=0.0, exclude_min=True, allow_nan=False, allow_infinity=False)
 # Real fields accept ints too (not bools); an int must have a finite float value.
@@ -65,12 +75,20 @@ def valid_kwargs(draw) -> dict:
     num_samples = draw(st.one_of(st.none(), st.integers(1, 10**9)))
     if method == "dataset" and num_samples is None:
         num_samples = draw(st.integers(1, 10**9))
+    gate, expert = draw(st.sampled_from(VALID_GATES)), draw(st.sampled_from(VALID_EXPERTS))
+    # The teacher's families are stored only where they differ from the student's.
+    teacher_gate = draw(st.sampled_from((None,) + VALID_GATES).filter(lambda g: g != gate))
+    teacher_expert = draw(st.sampled_from((None,) + VALID_EXPERTS).filter(lambda e: e != expert))
+    # A hierarchical teacher adds its group router to the 2m* vectors of its frame.
+    hierarchical = (teacher_gate or gate).startswith("hierarchical")
     return dict(
-        d=draw(st.integers(2 * m_star, 2**40)),
+        d=draw(st.integers(2 * m_star + hierarchical, 2**40)),
         m=draw(st.integers(1, 2**20)),
         m_star=m_star,
-        gate=draw(st.sampled_from(NAMES["gate"])),
-        expert=draw(st.sampled_from(NAMES["expert"])),
+        gate=gate,
+        expert=expert,
+        teacher_gate=teacher_gate,
+        teacher_expert=teacher_expert,
         teacher=draw(st.sampled_from(TEACHERS)),
         mode=draw(st.sampled_from(MODES)),
         seeds=draw(st.integers(1, 10**6)),
@@ -147,7 +165,7 @@ bad_momentum = st.one_of(
 def bad_name(field: str):
     allowed = NAMES[field]
     return st.one_of(
-        st.text(max_size=12).filter(lambda s: s not in allowed),
+        st.text(max_size=12).filter(lambda s: s.partition(":")[0] not in allowed),
         st.sampled_from(allowed).map(str.upper),
         st.sampled_from(allowed).map(lambda s: f" {s}"),
         st.integers(),
@@ -172,6 +190,9 @@ INVALID = {
     "recovery_epsilon": bad_open_unit,
     "momentum": bad_momentum,
     **{name: bad_name(name) for name in NAMES},
+    # None means "the student's family", so it is the one non-string allowed.
+    "teacher_gate": bad_name("gate").filter(lambda v: v is not None),
+    "teacher_expert": bad_name("expert").filter(lambda v: v is not None),
 }
 
 
@@ -266,7 +287,7 @@ def test_an_invalid_field_is_named_in_a_one_line_error(field, config, data):
 @FAST
 @given(valid_configs, st.sampled_from(sorted(NAMES)), st.data())
 def test_unknown_names_list_what_is_allowed(config, field, data):
-    value = data.draw(st.text(min_size=1, max_size=12).filter(lambda s: s not in NAMES[field]))
+    value = data.draw(st.text(min_size=1, max_size=12).filter(lambda s: s.partition(":")[0] not in NAMES[field]))
     message = assert_rejected(lambda: config.replace(**{field: value}), field)
     assert message.startswith(f"unknown {field} ")
     assert all(name in message for name in NAMES[field])
