@@ -1,0 +1,279 @@
+"""Routing-load diagnostics along a trajectory: per-expert load, its entropy and spread, an effective temperature.
+
+"Three Phases of Expert Routing" (arXiv 2604.04230) follows how evenly a
+router spreads its inputs over the experts during training. For a model with
+gate g (any family of `jaxmoe.families`) these are, at one time t:
+
+- **load** of expert i: ``ℓ_i = E_x[g_i(x)]``, x ~ N(0, I_D) — the share of
+  the input distribution routed to it (for softmax-type gates Σ_i ℓ_i = 1;
+  for independent sigmoid gates the loads need not sum to one).
+- **quality** of expert i: minus its mean squared error against the teacher
+  on the inputs routed to it,
+
+      q_i = − E[g_i(x) (E_i(x) − f*(x))²] / E[g_i(x)]
+
+  (the gate-weighted error divided by the load, so that it is the error per
+  unit of routed mass: a quality, comparable between a busy expert and an
+  idle one; without the division a busy expert would look worse only for
+  being busy).
+- **load entropy** ``H = −Σ p_i log p_i`` with ``p = ℓ / Σ ℓ`` (log m for a
+  uniform load, 0 when one expert takes everything) and the **coefficient
+  of variation** ``CV = std_i(ℓ) / mean_i(ℓ)`` (0 for a uniform load; the
+  squared CV is the load-balancing loss of Shazeer et al. 2017).
+- **effective temperature**: the inverse temperature β for which
+  ``softmax(β q)`` best predicts the load, ``β̂ = argmin_β KL(p ‖ softmax(β q))``.
+  β > 0: the router sends more to better experts (β → ∞: all to the best);
+  β ≈ 0: load unrelated to quality; β < 0: more to worse ones.
+
+`routing_observables` is jittable and vmappable (over seeds and times): the
+expectations are a fixed deterministic rule, `jaxmoe.quadrature.gaussian_nodes`
+(tensor Gauss–Hermite in ≤ 3 coordinates, scrambled Sobol points mapped by the
+inverse normal CDF beyond), built once per size and cached, taken in an
+orthonormal frame of the vectors the two models read (so a d = 1000 model
+costs what its few vectors cost). The rest is host-side NumPy on saved arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .families import Mixture, expert_values, gate_weights, mixture_forward
+from .model import unit
+
+__all__ = [
+    "ROUTING_OBSERVABLES",
+    "routing_observables",
+    "load_entropy",
+    "load_cv",
+    "effective_temperature",
+    "routing_diagnostics",
+    "plot_routing",
+]
+
+# Names of the per-time routing observables, as `routing_observables` returns them.
+ROUTING_OBSERVABLES = ("load", "quality")
+# Node budget of the expectations: loads to about 1e-3 in a few dozen coordinates.
+ROUTING_NODES = 2**12
+# Loads below this count as zero when dividing (an expert nobody routes to).
+_TINY = 1e-30
+
+
+def _as_mixture(model) -> Mixture:
+    if isinstance(model, Mixture):
+        return model
+    from .models import as_mixture  # the paper's MoE, rewrapped
+
+    return as_mixture(model)
+
+
+def _vectors(model: Mixture) -> list[Array]:
+    """Every vector the model reads x through (routers, group routers, expert rows), shape (·, D)."""
+    out = [unit(model.router)]
+    if model.group_router is not None:
+        out.append(unit(model.group_router))
+    out.append(model.expert.reshape(-1, model.dim))
+    return out
+
+
+def _degree(model: Mixture) -> int:
+    return int(model.expert_fn.name[2:]) if model.expert_fn.hermite else 1
+
+
+def routing_observables(student, teacher, t=None, *, nodes: int = ROUTING_NODES) -> dict[str, Array]:
+    """Per-expert load and quality of `student` (module docstring), at gradient-flow time `t`.
+
+    **Arguments:**
+
+    - `student` ``(m, D)`` and `teacher` ``(m*, D)``: `jaxmoe.families.Mixture`
+      (or the paper's `jaxmoe.MoE`); one of each — `jax.vmap` for seeds or times.
+    - `t`: gradient-flow time, for a gate with a temperature schedule (``None``: t = 0).
+    - `nodes`: the node budget of the expectations (static).
+
+    **Returns:** ``{"load": (m,), "quality": (m,)}``. Jittable.
+
+    Example::
+
+        import jax, jaxmoe.families as F, jaxmoe.routing as R
+        k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+        teacher = F.init_mixture_teacher(2, 8, "softmax", "linear", key=k1)
+        student = F.init_mixture_student(4, 8, "softmax", "linear", key=k2)
+        obs = R.routing_observables(student, teacher)
+        obs["load"].sum()      # 1 for a softmax gate
+    """
+    from .quadrature import gaussian_nodes
+
+    student, teacher = _as_mixture(student), _as_mixture(teacher)
+    if student.dim != teacher.dim:
+        raise ValueError(f"student and teacher must share the dimension; got {student.dim} and {teacher.dim}")
+    dim = student.dim
+    frame = jnp.concatenate(_vectors(student) + _vectors(teacher), axis=0)  # (K, D)
+    count = frame.shape[0]
+    degree = max(_degree(student), _degree(teacher))
+    if count >= dim:
+        z, w = gaussian_nodes(dim, nodes, degree)
+        x = jnp.asarray(z, frame.dtype)
+    else:
+        # x enters only through projections on these K vectors: integrate over
+        # an orthonormal frame q of their span (exact in law: qᵀx ~ N(0, I_K)).
+        z, w = gaussian_nodes(count, nodes, degree)
+        q, _ = jnp.linalg.qr(frame.T)  # (D, K), orthonormal columns spanning the vectors
+        x = jnp.asarray(z, frame.dtype) @ q.T
+    w = jnp.asarray(w / w.sum(), frame.dtype)  # exact normalisation: a uniform gate gets load 1/m exactly
+    g = gate_weights(student, x, t)  # (N, m)
+    err = (expert_values(student, x) - mixture_forward(teacher, x, t)[:, None]) ** 2
+    load = w @ g
+    quality = -(w @ (g * err)) / jnp.maximum(load, _TINY)
+    return {"load": load, "quality": quality}
+
+
+def _distribution(load: np.ndarray) -> np.ndarray:
+    load = np.asarray(load, dtype=float)
+    return load / np.sum(load, axis=-1, keepdims=True)
+
+
+def load_entropy(load) -> np.ndarray:
+    """``H = −Σ_i p_i log p_i``, p = load normalised to sum to one; over the last axis.
+
+    **Arguments:** loads ``(..., m)`` (non-negative). **Returns:** ``(...)``,
+    in nats: log m for a uniform load, 0 when one expert takes all.
+
+    Example::
+
+        load_entropy(np.full(4, 0.25))     # log 4
+    """
+    p = _distribution(load)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    return np.sum(terms, axis=-1)
+
+
+def load_cv(load) -> np.ndarray:
+    """Coefficient of variation of the loads over experts, ``std(ℓ) / mean(ℓ)`` (population std); over the last axis.
+
+    Example::
+
+        load_cv(np.full(4, 0.25))          # 0.0
+        load_cv(np.array([1.0, 0.0]))      # 1.0
+    """
+    load = np.asarray(load, dtype=float)
+    return np.std(load, axis=-1) / np.mean(load, axis=-1)
+
+
+def effective_temperature(load, quality, *, iterations: int = 200) -> np.ndarray:
+    """The effective inverse temperature β̂ = argmin_β KL(p ‖ softmax(β q)), over the last axis.
+
+    p = load / Σ load, q = quality. ``KL(p ‖ softmax(βq)) = const − β p·q +
+    logsumexp(βq)`` is convex in β, and its minimiser matches moments:
+    ``E_{softmax(β̂q)}[q] = p·q`` (the softmax's mean quality is the load's).
+    Solved by bisection on that monotone condition (robust: no step size,
+    no starting point), over ``|β| ≤ 10³ / (max q − min q)``.
+
+    **Arguments:** `load` and `quality` ``(..., m)``; `iterations` of bisection.
+
+    **Returns:** β̂ ``(...)`` in units of 1/quality (the temperature is 1/β̂):
+    ``+inf`` when the load's mean quality is at (or beyond) the best expert's,
+    ``−inf`` at the worst's, 0 when every expert has the same quality (no β
+    does better than another), NaN for non-finite input.
+
+    Example::
+
+        q = np.array([-1.0, -2.0, -3.0])
+        effective_temperature(np.exp(2 * q) / np.exp(2 * q).sum(), q)   # 2.0
+    """
+    p = _distribution(load)
+    q = np.asarray(quality, dtype=float)
+    p, q = np.broadcast_arrays(p, q)
+    target = np.sum(p * q, axis=-1)
+    spread = np.max(q, axis=-1) - np.min(q, axis=-1)
+    flat = ~(spread > 0)
+    bound = 1e3 / np.where(flat, 1.0, spread)
+
+    def excess(beta):  # E_{softmax(βq)}[q] − p·q, increasing in β
+        s = beta[..., None] * q
+        s = s - np.max(s, axis=-1, keepdims=True)  # stable for either sign of β
+        e = np.exp(s)
+        return np.sum(e * q, axis=-1) / np.sum(e, axis=-1) - target
+
+    lo, hi = -bound, bound.copy()
+    with np.errstate(invalid="ignore", over="ignore"):
+        # The minimiser is ±∞ exactly when the load's mean quality is at the
+        # best (worst) expert's or beyond; checking that directly avoids
+        # reporting where exp underflows as a finite β.
+        above, below = target >= np.max(q, axis=-1), target <= np.min(q, axis=-1)
+        for _ in range(iterations):
+            mid = 0.5 * (lo + hi)
+            up = excess(mid) < 0
+            lo, hi = np.where(up, mid, lo), np.where(up, hi, mid)
+    beta = 0.5 * (lo + hi)
+    beta = np.where(above, np.inf, np.where(below, -np.inf, beta))
+    beta = np.where(flat, 0.0, beta)
+    bad = ~np.all(np.isfinite(p) & np.isfinite(q), axis=-1)
+    return np.where(bad, np.nan, beta)
+
+
+def routing_diagnostics(load, quality) -> dict[str, np.ndarray]:
+    """`load_entropy`, `load_cv` and `effective_temperature` of saved loads and qualities ``(..., m)``.
+
+    **Returns:** ``{"entropy", "cv", "beta"}``, each ``(...)``.
+
+    Example::
+
+        diag = routing_diagnostics(saved["load"], saved["quality"])   # (S, T, m) → (S, T) each
+    """
+    return {"entropy": load_entropy(load), "cv": load_cv(load), "beta": effective_temperature(load, quality)}
+
+
+def plot_routing(times, load, quality, *, seed: int = 0, ax=None, time_label: str = "gradient-flow time t"):
+    """Routing against training time: per-expert load; load entropy (as a share of log m) and CV;
+    effective inverse temperature β̂.
+
+    **Arguments:** `times` ``(T,)``; `load`, `quality` ``(T, m)`` or ``(S, T, m)``
+    (then `seed` picks one; the entropy and CV panel also shows every seed faintly);
+    `ax`: three axes to draw into (default: a new figure); `time_label`.
+
+    **Returns:** the matplotlib figure.
+
+    Example::
+
+        fig = plot_routing(result.times, saved["load"], saved["quality"], seed=0)
+    """
+    from .plot import _colors, figure
+
+    load, quality, times = np.asarray(load, float), np.asarray(quality, float), np.asarray(times, float)
+    if load.ndim == 2:
+        load, quality = load[None], quality[None]
+    if load.ndim != 3 or load.shape != quality.shape or load.shape[1] != times.shape[0]:
+        raise ValueError(f"load and quality must have shape (T, m) or (S, T, m) with T = {times.shape[0]}; "
+                         f"got {load.shape} and {quality.shape}")
+    if not 0 <= seed < load.shape[0]:
+        raise ValueError(f"seed must be in 0..{load.shape[0] - 1}; got {seed}")
+    fig, ax = figure(ax, ncols=3, figsize=(14, 4))
+    m = load.shape[-1]
+    diag = routing_diagnostics(load, quality)
+    positive = times > 0
+    scale = "log" if positive.sum() > 1 and times[positive].max() / times[positive].min() > 100 else "linear"
+    for i, color in enumerate(_colors(m)):
+        ax[0].plot(times, load[seed, :, i], color=color, lw=1)
+    ax[0].axhline(1.0 / m, color="k", ls=":", lw=0.8, label="uniform 1/m")
+    ax[0].set_ylabel("load E[g_i(x)]")
+    ax[0].legend(fontsize=7)
+    share = diag["entropy"] / np.log(m) if m > 1 else diag["entropy"]
+    for s in range(load.shape[0]):
+        faint = dict(alpha=0.25, lw=0.6) if s != seed else dict(lw=1.5)
+        ax[1].plot(times, share[s], color="C0", **faint)
+        ax[1].plot(times, diag["cv"][s], color="C3", **faint)
+    ax[1].plot([], [], color="C0", label="entropy / log m")
+    ax[1].plot([], [], color="C3", label="CV of the load")
+    ax[1].set_ylabel("load balance")
+    ax[1].legend(fontsize=7)
+    ax[2].plot(times, diag["beta"][seed], color="C2")
+    ax[2].axhline(0.0, color="k", lw=0.5)
+    ax[2].set_ylabel("effective inverse temperature β")
+    for a in ax:
+        a.set_xscale(scale)
+        a.set_xlabel(time_label)
+        a.grid(alpha=0.3, which="both")
+    ax[0].set_title(f"seed {seed}: load per expert", fontsize=9)
+    return fig
