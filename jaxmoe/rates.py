@@ -30,7 +30,8 @@ setting                gate        experts   fit (k/k*)   theory (exponent of th
     expert h_i(x) = a_i·x + b_i  (linear)   or   u_i σ(w_i·x + c_i)  (two-layer, σ the sigmoid)
 
 - ``"mle"``: y | x ~ Σ_i g_i(x) N(h_i(x), σ_i²) (Gaussian MoE); the student
-  maximises the log-likelihood over all parameters including σ_i.
+  maximises the log-likelihood over all parameters including σ_i (bounded
+  below by `sigma_floor` × `noise`).
 - ``"ls"``: y = Σ_i g_i(x) h_i(x) + σ ε; the student minimises the squared error.
 
 The teacher has k* = 2 well-separated experts, the gate along e1 and the
@@ -199,6 +200,10 @@ class RatesConfig:
     - `dim`: D, the input dimension (≥ 1).
     - `tau`: the teacher's temperature τ* for the temperature and activation gates.
     - `init_scale`: standard deviation of the perturbation of the starts around the truth.
+    - `sigma_floor`: for ``"mle"``, every σ_i is at least ``sigma_floor × noise``
+      (in [0, 1)): the papers' compact parameter space. Without a floor the
+      likelihood is unbounded (a component collapses onto one sample, σ_i → 0)
+      and the best restart would be that collapse.
     - `seed`: base seed (module docstring: which key each draw uses).
     - `batch`: tasks (n, replicate) per compiled call; larger is faster on
       an accelerator, costs memory ∝ batch × restarts × max(ns).
@@ -214,9 +219,9 @@ class RatesConfig:
     """
 
     settings: tuple = DEFAULT_SETTINGS
-    ns: tuple = (100, 300, 1000, 3000, 10000)
-    replicates: int = 8
-    restarts: int = 3
+    ns: tuple = (100, 300, 1000, 3000)
+    replicates: int = 6
+    restarts: int = 2
     noise: float = 0.3
     steps: int = 500
     optimizer: str = "lbfgs"
@@ -226,8 +231,9 @@ class RatesConfig:
     dim: int = 2
     tau: float = 0.5
     init_scale: float = 0.3
+    sigma_floor: float = 0.05
     seed: int = 0
-    batch: int = 16
+    batch: int = 32
     bootstrap: int = 1000
     dtype: str = "float64"
 
@@ -254,6 +260,8 @@ class RatesConfig:
                 raise ValueError(f"{name} must be an integer ≥ {low}; got {value!r}")
         for name in ("noise", "learning_rate", "tolerance", "tau", "init_scale"):
             _finite_positive(name, getattr(self, name))
+        if not isinstance(self.sigma_floor, (int, float)) or isinstance(self.sigma_floor, bool) or not 0 <= self.sigma_floor < 1:
+            raise ValueError(f"sigma_floor must be a number in [0, 1) (a fraction of noise); got {self.sigma_floor!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
         if self.likelihood is not None and self.likelihood not in LIKELIHOODS:
@@ -303,7 +311,7 @@ class RatesConfig:
 # The model
 
 
-def teacher_parameters(setting: str, dim: int, noise: float, tau: float, dtype=None) -> dict:
+def teacher_parameters(setting: str, dim: int, noise: float, tau: float, dtype=None, *, floor: float = 0.0) -> dict:
     """The true parameters of a setting (module docstring), k* = 2 experts.
 
     The gate varies along e1 and the experts along e2 (both along e1 when
@@ -314,8 +322,8 @@ def teacher_parameters(setting: str, dim: int, noise: float, tau: float, dtype=N
 
     **Returns:** a dict of arrays: ``beta0`` (2,), ``beta1`` (2, D); ``a``
     (2, D), ``b`` (2,) for linear experts or ``u`` (2,), ``w`` (2, D), ``c``
-    (2,) for two-layer ones; ``log_sigma`` (2,); ``log_tau`` () for the
-    temperature and activation gates.
+    (2,) for two-layer ones; ``sigma_raw`` (2,) with σ_i = `floor` + exp(sigma_raw_i)
+    = `noise`; ``log_tau`` () for the temperature and activation gates.
 
     Example::
 
@@ -330,10 +338,15 @@ def teacher_parameters(setting: str, dim: int, noise: float, tau: float, dtype=N
         p.update(a=jnp.stack([e2, -e2]), b=jnp.array([0.5, -0.5], dtype))
     else:
         p.update(u=jnp.array([2.0, -2.0], dtype), w=jnp.stack([3.0 * e2, -2.0 * e2]), c=jnp.array([0.0, 0.5], dtype))
-    p["log_sigma"] = jnp.full((2,), math.log(noise), dtype)
+    p["sigma_raw"] = jnp.full((2,), math.log(noise - floor), dtype)
     if s.gate in ("temperature", "activation"):
         p["log_tau"] = jnp.asarray(math.log(tau), dtype)
     return p
+
+
+def _sigma(p: dict, floor: float):
+    """σ_i = floor + exp(sigma_raw_i): the noise scales, bounded below (`RatesConfig.sigma_floor`)."""
+    return floor + jnp.exp(p["sigma_raw"])
 
 
 def _logits(p: dict, x, gate: str):
@@ -352,7 +365,7 @@ def _experts(p: dict, x, expert: str):
     return p["u"] * jax.nn.sigmoid(x @ p["w"].T + p["c"])
 
 
-def sample(setting: str, teacher: dict, key, n_pad: int, likelihood: str):
+def sample(setting: str, teacher: dict, key, n_pad: int, likelihood: str, *, floor: float = 0.0):
     """Draw `n_pad` samples (x, y) from the teacher, in chunks of 1024 keyed by
     ``fold_in(key, chunk)`` (the first n are the same draws whatever `n_pad`).
 
@@ -372,7 +385,7 @@ def sample(setting: str, teacher: dict, key, n_pad: int, likelihood: str):
         logits = _logits(teacher, x, s.gate)
         means = _experts(teacher, x, s.expert)
         eps = jax.random.normal(ke, (_CHUNK,), dtype)
-        sigma = jnp.exp(teacher["log_sigma"])
+        sigma = _sigma(teacher, floor)
         if likelihood == "mle":
             z = jax.random.categorical(kz, logits, axis=-1)
             y = jnp.take_along_axis(means, z[:, None], axis=-1)[:, 0] + sigma[z] * eps
@@ -384,7 +397,7 @@ def sample(setting: str, teacher: dict, key, n_pad: int, likelihood: str):
     return x.reshape(n_pad, dim), y.reshape(n_pad)
 
 
-def objective(setting: str, likelihood: str, p: dict, x, y, mask, n):
+def objective(setting: str, likelihood: str, p: dict, x, y, mask, n, *, floor: float = 0.0):
     """The training objective on the first n samples (`mask`): the mean squared
     error (``"ls"``) or the mean negative log-likelihood (``"mle"``)."""
     s = SETTINGS[setting]
@@ -393,7 +406,7 @@ def objective(setting: str, likelihood: str, p: dict, x, y, mask, n):
     if likelihood == "ls":
         per = (y - jnp.sum(jax.nn.softmax(logits, axis=-1) * means, axis=-1)) ** 2
     else:
-        log_sigma = p["log_sigma"]
+        log_sigma = jnp.log(_sigma(p, floor))
         log_normal = -0.5 * ((y[:, None] - means) * jnp.exp(-log_sigma)) ** 2 - log_sigma - 0.5 * math.log(2 * math.pi)
         per = -jax.nn.logsumexp(jax.nn.log_softmax(logits, axis=-1) + log_normal, axis=-1)
     return jnp.sum(jnp.where(mask, per, 0.0)) / n
@@ -419,7 +432,7 @@ def _initial(setting: str, teacher: dict, key, scale: float, likelihood: str) ->
             start = start - jnp.log(jnp.asarray(share, value.dtype))
         out[name] = start + scale * jax.random.normal(sub, start.shape, value.dtype)
     if likelihood == "ls":
-        out.pop("log_sigma")
+        out.pop("sigma_raw")
     return out
 
 
@@ -432,7 +445,7 @@ def fit_student(setting: str, likelihood: str, config: RatesConfig, start: dict,
     """
 
     def f(p):
-        return objective(setting, likelihood, p, x, y, mask, n)
+        return objective(setting, likelihood, p, x, y, mask, n, floor=config.sigma_floor * config.noise)
 
     if config.optimizer == "adam":
         opt = optax.adam(config.learning_rate)
@@ -465,7 +478,7 @@ def fit_student(setting: str, likelihood: str, config: RatesConfig, start: dict,
     return params, value, optax.tree_utils.tree_l2_norm(g), steps
 
 
-def parameter_loss(setting: str, likelihood: str, fitted: dict, teacher: dict):
+def parameter_loss(setting: str, likelihood: str, fitted: dict, teacher: dict, *, floor: float = 0.0):
     """The Voronoi loss between fitted and true parameters of a setting (`jaxmoe.voronoi`).
 
     Both are first put in the softmax gauge (masses summing to one; for the
@@ -489,8 +502,8 @@ def parameter_loss(setting: str, likelihood: str, fitted: dict, teacher: dict):
     true_groups = [b1_star] + [teacher[n] for n in names]
     group_scales = [1.0] + list(scales)
     if likelihood == "mle":
-        fit_groups.append(jnp.exp(2 * fitted["log_sigma"]))
-        true_groups.append(jnp.exp(2 * teacher["log_sigma"]))
+        fit_groups.append(_sigma(fitted, floor) ** 2)
+        true_groups.append(_sigma(teacher, floor) ** 2)
         group_scales.append(0.5)
     if likelihood == "mle" and s.expert == "linear":
         table = OVERSPECIFIED_RBAR
@@ -502,18 +515,25 @@ def parameter_loss(setting: str, likelihood: str, fitted: dict, teacher: dict):
     return loss
 
 
-@lru_cache(maxsize=32)
 def _task_runner(setting: str, likelihood: str, config: RatesConfig, n_pad: int):
-    """One jitted program per (setting, configuration, padded size): vmapped
-    over tasks (n, replicate), each vmapping its restarts."""
-    dtype = jnp.dtype(config.dtype)
-    teacher = teacher_parameters(setting, config.dim, config.noise, config.tau, dtype)
-    base = jax.random.PRNGKey(config.seed)
+    """The jitted program of one setting: ``run(base_key, n, replicate)``, vmapped
+    over tasks (n, replicate), each vmapping its restarts. Cached on what shapes
+    the program (not the seed, the grid or the bootstrap), so reruns with
+    other seeds reuse the compiled code."""
+    program = dataclasses.replace(config, settings=(setting,), seed=0, batch=1, bootstrap=10)
+    return _compiled(setting, likelihood, program, n_pad)
 
-    def task(n, replicate):
+
+@lru_cache(maxsize=32)
+def _compiled(setting: str, likelihood: str, config: RatesConfig, n_pad: int):
+    dtype = jnp.dtype(config.dtype)
+    floor = config.sigma_floor * config.noise
+    teacher = teacher_parameters(setting, config.dim, config.noise, config.tau, dtype, floor=floor)
+
+    def task(base, n, replicate):
         key = jax.random.fold_in(jax.random.fold_in(base, n), replicate)
         k_data, k_init = jax.random.split(key)
-        x, y = sample(setting, teacher, k_data, n_pad, likelihood)
+        x, y = sample(setting, teacher, k_data, n_pad, likelihood, floor=floor)
         mask = jnp.arange(n_pad) < n
         count = n.astype(dtype)
         starts = jax.vmap(lambda r: _initial(setting, teacher, jax.random.fold_in(k_init, r), config.init_scale, likelihood))(
@@ -522,11 +542,11 @@ def _task_runner(setting: str, likelihood: str, config: RatesConfig, n_pad: int)
         params, value, gnorm, steps = jax.vmap(lambda s0: fit_student(setting, likelihood, config, s0, x, y, mask, count))(starts)
         best = jnp.argmin(jnp.where(jnp.isfinite(value), value, jnp.inf))
         chosen = jax.tree_util.tree_map(lambda a: a[best], params)
-        loss = parameter_loss(setting, likelihood, chosen, teacher)
+        loss = parameter_loss(setting, likelihood, chosen, teacher, floor=floor)
         return {"loss": loss, "objective": value[best], "grad_norm": gnorm[best], "steps": steps[best],
                 "finite_restarts": jnp.sum(jnp.isfinite(value))}
 
-    return jax.jit(jax.vmap(task))
+    return jax.jit(jax.vmap(task, in_axes=(None, 0, 0)))
 
 
 # ---------------------------------------------------------------------------
@@ -611,20 +631,23 @@ def rates(config: RatesConfig | None = None, *, log=print) -> RatesResult:
     grid_index, replicate = np.meshgrid(np.arange(len(ns)), np.arange(config.replicates), indexing="ij")
     task_n, task_r = ns[grid_index.ravel()], replicate.ravel()
     tasks = task_n.size
+    # Equal blocks of at most `batch` tasks: one shape, so one compiled program, and little padding.
+    size = -(-tasks // -(-tasks // config.batch))
     shape = (len(config.settings), len(ns), config.replicates)
     out = {name: np.full(shape, np.nan) for name in ("loss", "objective", "grad_norm", "steps")}
     wall = np.zeros(len(config.settings))
     with jax.enable_x64(config.dtype == "float64"):
+        base = jax.random.PRNGKey(config.seed)
         for si, setting in enumerate(config.settings):
             likelihood = config.likelihood_of(setting)
             run = _task_runner(setting, likelihood, config, n_pad)
             start = time.perf_counter()
             blocks = []
-            for lo in range(0, tasks, config.batch):
-                idx = np.arange(lo, lo + config.batch) % tasks  # the last block repeats tasks to keep one shape
-                got = run(jnp.asarray(task_n[idx], jnp.int32), jnp.asarray(task_r[idx], jnp.int32))
+            for lo in range(0, tasks, size):
+                idx = np.arange(lo, lo + size) % tasks  # the last block repeats tasks to keep one shape
+                got = run(base, jnp.asarray(task_n[idx], jnp.int32), jnp.asarray(task_r[idx], jnp.int32))
                 got = jax.device_get(got)
-                keep = min(config.batch, tasks - lo)
+                keep = min(size, tasks - lo)
                 blocks.append({k: np.asarray(v)[:keep] for k, v in got.items()})
             merged = {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
             for name in out:
