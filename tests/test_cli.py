@@ -50,7 +50,7 @@ def test_simulate_writes_a_complete_folder(tmp_path, capsys):
         (["--rtol", "nan"], "rtol must be a finite number > 0"),
         (["--atol=-1e-9"], "atol must be a finite number > 0"),
         (["--t-max", "inf"], "t_max must be a finite number > 0"),
-        (["--gate", "relu"], "unknown gate 'relu'; allowed: erf, sigmoid"),
+        (["--gate", "relu"], "unknown gate 'relu'; allowed: sigmoid, erf, softmax, temperature, activation, hierarchical, topk"),
         (["--expert", "he7"], "unknown expert 'he7'; allowed: he1, he2, he3, he4"),
         (["--solver", "euler"], "unknown solver 'euler'; allowed:"),
         (["--d", "ten"], "invalid int value: 'ten'"),

@@ -1,12 +1,13 @@
 """Every gate and expert family through the simulator (issue 8, points 1 and 3).
 
 Nine student–teacher problems cover every gate (sigmoid, erf, softmax,
-temperature with a schedule, activation with tanh and with sigmoid,
+temperature, activation with tanh and with sigmoid,
 hierarchical, top-k) and every expert family (He1–He4, linear, mlp with
 sigmoid, tanh and GELU units). Each runs as gradient flow in the reduced
 coordinates and by one discrete method (the methods rotate: optax SGD in
 reduced coordinates, online SGD and a finite training set in d), and is
-checked for what each method guarantees:
+checked for what each method guarantees (a temperature schedule has its own
+test: with it the loss changes with t, so it need not decrease):
 
 - gradient flow decreases the loss at every saved time (it is a gradient
   flow of that very loss) and by a stated margin over the run;
@@ -41,7 +42,7 @@ DISCRETE = {
 # (gate, expert, discrete method): every gate and every expert family at least once.
 CASES = [
     ("softmax", "he1", "optax"),
-    ("temperature:tau=1,tau_final=0.25,decay=0.5", "he2", "online"),
+    ("temperature:tau=0.5", "he2", "online"),
     ("activation:act=tanh,tau=0.5", "he3", "dataset"),
     ("activation:act=sigmoid,tau=0.25", "he4", "optax"),
     ("hierarchical:groups=2", "linear", "online"),
@@ -84,9 +85,11 @@ def test_every_family_trains_by_flow_and_a_discrete_method(gate, expert, method,
 
 
 def test_temperature_schedule_changes_the_dynamics():
-    # The same seeds with τ fixed at 1 and with τ annealed to 0.25 must part ways.
+    # The same seeds with τ fixed at 1 and with τ annealed to 0.25 must part
+    # ways. (With a schedule the loss itself changes with t, teacher and
+    # student alike, so it need not decrease along the flow.)
     fixed = jaxmoe.simulate(BASE.replace(gate="temperature:tau=1", expert="he2"))
-    annealed = jaxmoe.simulate(BASE.replace(gate=CASES[1][0], expert="he2"))
+    annealed = jaxmoe.simulate(BASE.replace(gate="temperature:tau=1,tau_final=0.25,decay=0.5", expert="he2"))
     np.testing.assert_array_equal(fixed.loss[:, 0], annealed.loss[:, 0])
     assert np.all(np.abs(annealed.loss[:, -1] - fixed.loss[:, -1]) > 1e-3 * fixed.loss[:, -1])
 
