@@ -56,8 +56,8 @@ precisely than that — quasi-Newton does it in a few hundred steps, Adam's
 fixed step leaves an error floor that would bend the curve at large n.
 ``optimizer="adam"`` is there for comparison.
 
-**Batching.** Every (n, replicate) pair is one task; tasks run vmapped in
-blocks of `batch`, each task vmapping its restarts. Samples are drawn in
+**Batching.** Every (n, replicate, restart) is one fit; fits run vmapped in
+blocks of `batch` (restarts of a replicate share its data). Samples are drawn in
 fixed chunks of 1024 keyed by ``fold_in(fold_in(PRNGKey(seed), n), replicate)``
 and padded to the largest n with a mask, so one compiled program serves the
 whole grid and replicate r at n is the same draw whatever the grid.
@@ -81,6 +81,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 from .voronoi import OVERSPECIFIED_RBAR, OVERSPECIFIED_SQUARED, softmax_gauge, voronoi_loss
 
@@ -205,8 +206,8 @@ class RatesConfig:
       likelihood is unbounded (a component collapses onto one sample, σ_i → 0)
       and the best restart would be that collapse.
     - `seed`: base seed (module docstring: which key each draw uses).
-    - `batch`: tasks (n, replicate) per compiled call; larger is faster on
-      an accelerator, costs memory ∝ batch × restarts × max(ns).
+    - `batch`: fits (n, replicate, restart) per compiled call; larger is
+      faster on an accelerator, costs memory ∝ batch × max(ns).
     - `bootstrap`: resamples for the exponent's interval (≥ 10).
     - `dtype`: ``"float64"`` (default) or ``"float32"``.
 
@@ -380,20 +381,22 @@ def sample(setting: str, teacher: dict, key, n_pad: int, likelihood: str, *, flo
     chunks = n_pad // _CHUNK
 
     def draw(c):
-        kx, kz, ke = jax.random.split(jax.random.fold_in(key, c), 3)
-        x = jax.random.normal(kx, (_CHUNK, dim), dtype)
-        logits = _logits(teacher, x, s.gate)
+        # One normal draw per chunk (x, ε and the expert's uniform in its columns):
+        # one random call compiles several times faster than three.
+        normal = jax.random.normal(jax.random.fold_in(key, c), (_CHUNK, dim + 2), dtype)
+        x, eps = normal[:, :dim], normal[:, dim]
+        probs = jax.nn.softmax(_logits(teacher, x, s.gate), axis=-1)
         means = _experts(teacher, x, s.expert)
-        eps = jax.random.normal(ke, (_CHUNK,), dtype)
         sigma = _sigma(teacher, floor)
         if likelihood == "mle":
-            z = jax.random.categorical(kz, logits, axis=-1)
+            u = jax.scipy.special.ndtr(normal[:, dim + 1])  # uniform on (0, 1)
+            z = jnp.sum(u[:, None] > jnp.cumsum(probs, axis=-1)[:, :-1], axis=-1)  # inverse CDF of the gate
             y = jnp.take_along_axis(means, z[:, None], axis=-1)[:, 0] + sigma[z] * eps
         else:
-            y = jnp.sum(jax.nn.softmax(logits, axis=-1) * means, axis=-1) + sigma[0] * eps
+            y = jnp.sum(probs * means, axis=-1) + sigma[0] * eps
         return x, y
 
-    x, y = jax.vmap(draw)(jnp.arange(chunks))
+    x, y = jax.lax.map(draw, jnp.arange(chunks))  # a loop, not a vmap: far cheaper to compile
     return x.reshape(n_pad, dim), y.reshape(n_pad)
 
 
@@ -416,24 +419,21 @@ def _initial(setting: str, teacher: dict, key, scale: float, likelihood: str) ->
     """A start around the truth: fitted atom i at true atom i mod k*, perturbed;
     the gate mass of a true atom shared by M fitted atoms split M ways."""
     s = SETTINGS[setting]
-    k = s.fitted
-    owner = np.arange(k) % _K_STAR
+    owner = np.arange(s.fitted) % _K_STAR
     share = np.bincount(owner, minlength=_K_STAR)[owner]
-    out = {}
-    leaves = sorted(teacher)
-    keys = jax.random.split(key, len(leaves))
-    for name, sub in zip(leaves, keys):
-        value = teacher[name]
-        if name == "log_tau":
-            out[name] = value + scale * jax.random.normal(sub, (), value.dtype)
+    centre = {}
+    for name, value in teacher.items():
+        if name == "sigma_raw" and likelihood == "ls":
             continue
-        start = value[owner]
-        if name == "beta0":
-            start = start - jnp.log(jnp.asarray(share, value.dtype))
-        out[name] = start + scale * jax.random.normal(sub, start.shape, value.dtype)
-    if likelihood == "ls":
-        out.pop("sigma_raw")
-    return out
+        centre[name] = value if name == "log_tau" else value[owner]
+    centre["beta0"] = centre["beta0"] - jnp.log(jnp.asarray(share, centre["beta0"].dtype))
+    flat, unflatten = ravel_pytree(centre)
+    # One random call for every parameter: each call adds to the compile time.
+    return unflatten(flat + scale * jax.random.normal(key, flat.shape, flat.dtype))
+
+
+def _norm(tree):
+    return jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree_util.tree_leaves(tree)))
 
 
 def fit_student(setting: str, likelihood: str, config: RatesConfig, start: dict, x, y, mask, n):
@@ -470,12 +470,12 @@ def fit_student(setting: str, likelihood: str, config: RatesConfig, start: dict,
             p, state, k, _ = carry
             value, g = value_and_grad(p, state=state)
             updates, state = opt.update(g, state, p, value=value, grad=g, value_fn=f)
-            return optax.apply_updates(p, updates), state, k + 1, optax.tree_utils.tree_l2_norm(g)
+            return optax.apply_updates(p, updates), state, k + 1, _norm(g)
 
         one = jnp.asarray(jnp.inf, x.dtype)
         params, _, steps, _ = jax.lax.while_loop(cond, body, (start, opt.init(start), jnp.asarray(0), one))
     value, g = jax.value_and_grad(f)(params)
-    return params, value, optax.tree_utils.tree_l2_norm(g), steps
+    return params, value, _norm(g), steps
 
 
 def parameter_loss(setting: str, likelihood: str, fitted: dict, teacher: dict, *, floor: float = 0.0):
@@ -516,10 +516,9 @@ def parameter_loss(setting: str, likelihood: str, fitted: dict, teacher: dict, *
 
 
 def _task_runner(setting: str, likelihood: str, config: RatesConfig, n_pad: int):
-    """The jitted program of one setting: ``run(base_key, n, replicate)``, vmapped
-    over tasks (n, replicate), each vmapping its restarts. Cached on what shapes
-    the program (not the seed, the grid or the bootstrap), so reruns with
-    other seeds reuse the compiled code."""
+    """The jitted program of one setting: ``run(base_key, n, replicate, restart)``,
+    vmapped over fits. Cached on what shapes the program (not the seed, the
+    grid or the bootstrap), so reruns with other seeds reuse the compiled code."""
     program = dataclasses.replace(config, settings=(setting,), seed=0, batch=1, bootstrap=10)
     return _compiled(setting, likelihood, program, n_pad)
 
@@ -530,23 +529,19 @@ def _compiled(setting: str, likelihood: str, config: RatesConfig, n_pad: int):
     floor = config.sigma_floor * config.noise
     teacher = teacher_parameters(setting, config.dim, config.noise, config.tau, dtype, floor=floor)
 
-    def task(base, n, replicate):
-        key = jax.random.fold_in(jax.random.fold_in(base, n), replicate)
-        k_data, k_init = jax.random.split(key)
+    def fit(base, n, replicate, restart):
+        # The data depend on (n, replicate) only: every restart of a replicate sees the same draw.
+        k_data, k_init = jax.random.split(jax.random.fold_in(jax.random.fold_in(base, n), replicate))
         x, y = sample(setting, teacher, k_data, n_pad, likelihood, floor=floor)
-        mask = jnp.arange(n_pad) < n
-        count = n.astype(dtype)
-        starts = jax.vmap(lambda r: _initial(setting, teacher, jax.random.fold_in(k_init, r), config.init_scale, likelihood))(
-            jnp.arange(config.restarts)
-        )
-        params, value, gnorm, steps = jax.vmap(lambda s0: fit_student(setting, likelihood, config, s0, x, y, mask, count))(starts)
-        best = jnp.argmin(jnp.where(jnp.isfinite(value), value, jnp.inf))
-        chosen = jax.tree_util.tree_map(lambda a: a[best], params)
-        loss = parameter_loss(setting, likelihood, chosen, teacher, floor=floor)
-        return {"loss": loss, "objective": value[best], "grad_norm": gnorm[best], "steps": steps[best],
-                "finite_restarts": jnp.sum(jnp.isfinite(value))}
+        start = _initial(setting, teacher, jax.random.fold_in(k_init, restart), config.init_scale, likelihood)
+        params, value, gnorm, steps = fit_student(setting, likelihood, config, start, x, y, jnp.arange(n_pad) < n,
+                                                  n.astype(dtype))
+        return {"loss": parameter_loss(setting, likelihood, params, teacher, floor=floor), "objective": value,
+                "grad_norm": gnorm, "steps": steps}
 
-    return jax.jit(jax.vmap(task, in_axes=(None, 0, 0)))
+    # One flat vmap over fits (n, replicate, restart): a nested vmap over restarts
+    # compiles markedly slower and gains nothing.
+    return jax.jit(jax.vmap(fit, in_axes=(None, 0, 0, 0)))
 
 
 # ---------------------------------------------------------------------------
@@ -628,10 +623,11 @@ def rates(config: RatesConfig | None = None, *, log=print) -> RatesResult:
     log = log or (lambda text: None)
     ns = np.asarray(config.ns, dtype=np.int64)
     n_pad = int(math.ceil(ns.max() / _CHUNK) * _CHUNK)
-    grid_index, replicate = np.meshgrid(np.arange(len(ns)), np.arange(config.replicates), indexing="ij")
-    task_n, task_r = ns[grid_index.ravel()], replicate.ravel()
+    grid_index, replicate, restart = np.meshgrid(np.arange(len(ns)), np.arange(config.replicates),
+                                                 np.arange(config.restarts), indexing="ij")
+    task_n, task_r, task_s = ns[grid_index.ravel()], replicate.ravel(), restart.ravel()
     tasks = task_n.size
-    # Equal blocks of at most `batch` tasks: one shape, so one compiled program, and little padding.
+    # Equal blocks of at most `batch` fits: one shape, so one compiled program, and little padding.
     size = -(-tasks // -(-tasks // config.batch))
     shape = (len(config.settings), len(ns), config.replicates)
     out = {name: np.full(shape, np.nan) for name in ("loss", "objective", "grad_norm", "steps")}
@@ -644,14 +640,16 @@ def rates(config: RatesConfig | None = None, *, log=print) -> RatesResult:
             start = time.perf_counter()
             blocks = []
             for lo in range(0, tasks, size):
-                idx = np.arange(lo, lo + size) % tasks  # the last block repeats tasks to keep one shape
-                got = run(base, jnp.asarray(task_n[idx], jnp.int32), jnp.asarray(task_r[idx], jnp.int32))
-                got = jax.device_get(got)
+                idx = np.arange(lo, lo + size) % tasks  # the last block repeats fits to keep one shape
+                got = run(base, *(jnp.asarray(a[idx], jnp.int32) for a in (task_n, task_r, task_s)))
                 keep = min(size, tasks - lo)
-                blocks.append({k: np.asarray(v)[:keep] for k, v in got.items()})
-            merged = {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+                blocks.append({k: np.asarray(v)[:keep] for k, v in jax.device_get(got).items()})
+            merged = {k: np.concatenate([b[k] for b in blocks]).reshape(len(ns), config.replicates, config.restarts)
+                      for k in blocks[0]}
+            # The estimator is the best restart by training objective (a collapsed or diverged fit: +inf).
+            best = np.argmin(np.where(np.isfinite(merged["objective"]), merged["objective"], np.inf), axis=-1)
             for name in out:
-                out[name][si] = merged[name].reshape(len(ns), config.replicates)
+                out[name][si] = np.take_along_axis(merged[name], best[..., None], axis=-1)[..., 0]
             wall[si] = time.perf_counter() - start
             fit = _fit(setting, config, ns, out["loss"][si])
             log(f"{setting}: exponent {fit.exponent:.3f} [{fit.low:.3f}, {fit.high:.3f}] (theory {fit.theory_text}); "
