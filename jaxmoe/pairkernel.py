@@ -19,10 +19,10 @@ c_u c_{u'} K(u,u')`` (s = +1 for the student, −1 for the teacher), with
 a four-dimensional Gaussian integral. Each is computed by tensor
 Gauss–Hermite quadrature in the Cholesky coordinates of the four projections
 (as `jaxmoe.population.expert_kernel_reference`): an orthonormal basis Q of
-the span of the four vectors (QR, so rank-deficient pairs, such as a unit with
-itself, need no special case) gives ``(a₁, a₂, c₁, c₂) = Lg``, ``L = UᵀQ``,
-g ~ N(0, I₄). With Householder QR, L is lower triangular: the gates depend on
-g₁, g₂ only. The gates get `router_nodes` points per axis; polynomial experts
+the span of the four vectors (rank-deficient pairs, such as a unit with
+itself, need no special case: a dependent column of Q is zero) gives ``(a₁, a₂, c₁, c₂) = Lg``, ``L = UᵀQ``,
+g ~ N(0, I₄). Q comes from `orthonormal_frame` (modified Gram–Schmidt), so L
+is lower triangular: the gates depend on g₁, g₂ only. The gates get `router_nodes` points per axis; polynomial experts
 (He, linear) need only the smallest rule exact for their degree on g₃, g₄;
 mlp experts get `expert_nodes` points there.
 
@@ -53,13 +53,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Scalar
+from jaxtyping import Array, Float, Scalar
 
 from .families import Mixture
 from .hermite import ACTIVATIONS, EXPERTS
 from .model import unit
 
-__all__ = ["independent_loss", "ROUTER_NODES", "EXPERT_NODES"]
+__all__ = ["independent_loss", "orthonormal_frame", "ROUTER_NODES", "EXPERT_NODES"]
 
 # Gauss–Hermite points per gate axis (g₁, g₂). The sigmoid is analytic in the
 # strip |Im z| < π, erf is entire: the rule converges geometrically in √n.
@@ -68,6 +68,12 @@ ROUTER_NODES = 48
 EXPERT_NODES = 16
 # Pairs evaluated at once (memory ∝ PAIR_BATCH × nodes).
 PAIR_BATCH = 8
+
+# A column whose residual after projecting out the earlier ones is below this
+# fraction of its norm (times √ε of the dtype) counts as dependent. √ε·1e-2:
+# 1.5e-10 in float64, 3.5e-6 in float32; dropping such a residual changes a
+# projection by that fraction of the vector, far below any quadrature error.
+_FRAME_TOLERANCE = 1e-2
 
 _MLP_ACT = {"sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh, "gelu": lambda z: jax.nn.gelu(z, approximate=False)}
 
@@ -117,6 +123,61 @@ def _phi(model: Mixture):
     return lambda z, b: act(z)
 
 
+def orthonormal_frame(vectors: Float[Array, "D k"], *, stop_gradient: bool = True) -> Float[Array, "D k"]:
+    """An orthonormal basis of the span of the columns, by modified Gram–Schmidt (under `stop_gradient` by default).
+
+    Column j of the result is the part of column j of `vectors` orthogonal to
+    the earlier columns, normalised; a column that is (numerically) dependent
+    on the earlier ones, its residual below ``1e-2·√ε`` of its norm, gives a
+    zero column (two students aligned with one teacher, a unit paired with
+    itself, or more vectors than the dimension D). So ``Qᵀ Q`` is the identity
+    on the non-zero columns, every column of `vectors` lies in the span of Q,
+    and ``L = vectorsᵀ Q`` (shape ``(k, k)``) is lower triangular: vector p
+    depends on frame coordinates 1 … p only. Each projection is taken twice
+    ("twice is enough": Giraud, Langou, Rozložník 2005), so Q is orthogonal to
+    working precision however close the columns are.
+
+    Plain `jnp` operations in a `lax.fori_loop` over the k columns (O(D k²)),
+    not `jnp.linalg.qr`: with jaxlib 0.10.2 on a two-thread XLA CPU pool,
+    concurrent batched LAPACK custom calls can deadlock (benchmarks/kernel.py),
+    and a vmap over seeds batches them.
+
+    **Why `stop_gradient` gives exact first derivatives** (module docstring):
+    differentiating ``L = vectorsᵀ Q`` at fixed Q drops only the part of a
+    perturbation orthogonal to span(Q), whose projection of x is independent of
+    Qᵀx and has mean zero; this needs the integral over the frame coordinates
+    to be exact (or to be estimated as a whole), which the conditional rule of
+    `jaxmoe.quadrature` does not do, so it differentiates through Q.
+
+    **Arguments:** `vectors`, shape ``(D, k)``; `stop_gradient` (default
+    True): False differentiates through the Gram–Schmidt steps (finite
+    derivatives: a dropped column is the constant zero).
+
+    **Returns:** Q, shape ``(D, k)``.
+
+    Example::
+
+        q = orthonormal_frame(jnp.array([[1.0, 2.0], [0.0, 0.0]]))   # [[1, 0], [0, 0]]: column 2 ∥ column 1
+    """
+    if stop_gradient:
+        vectors = jax.lax.stop_gradient(vectors)
+    tolerance = _FRAME_TOLERANCE * math.sqrt(float(jnp.finfo(vectors.dtype).eps))
+
+    def column(j, q):
+        # Columns j, j+1, … of q are still zero, so q qᵀ projects on the earlier ones.
+        u = jax.lax.dynamic_index_in_dim(vectors, j, axis=1, keepdims=False)
+        size = jnp.sum(u * u)
+        for _ in range(2):
+            u = u - q @ (q.T @ u)
+        residual = jnp.sum(u * u)
+        keep = residual > tolerance**2 * size
+        # Square roots only of kept (positive) residuals: √0 has no derivative.
+        u = jnp.where(keep, u / jnp.sqrt(jnp.where(keep, residual, 1.0)), 0.0)
+        return jax.lax.dynamic_update_index_in_dim(q, u, j, axis=1)
+
+    return jax.lax.fori_loop(0, vectors.shape[1], column, jnp.zeros_like(vectors))
+
+
 def _gauss_hermite(n: int) -> tuple[np.ndarray, np.ndarray]:
     z, w = np.polynomial.hermite_e.hermegauss(n)
     return z, w / w.sum()
@@ -147,9 +208,7 @@ def _block(left: Mixture, lu: _Units, right: Mixture, ru: _Units, i, k, scale, r
 
     def pair(v1, v2, w1, w2, b1, b2):
         u = jnp.stack([v1, v2, w1, w2], axis=1)  # (D, 4)
-        if u.shape[0] < 4:
-            u = jnp.pad(u, ((0, 4 - u.shape[0]), (0, 0)))
-        q, _ = jnp.linalg.qr(jax.lax.stop_gradient(u))  # (D, 4), orthonormal columns
+        q = orthonormal_frame(u)  # (D, 4): orthonormal or zero columns
         proj = g @ (u.T @ q).T  # (N, 4): Lg at every node
         a1, a2, c1, c2 = proj.T
         return w @ (gate_l(a1) * gate_r(a2) * phi_l(c1, b1) * phi_r(c2, b2))

@@ -1,11 +1,23 @@
 """Gate and expert families (jaxmoe.families) and their population loss (jaxmoe.quadrature).
 
 Specifications parse and reject bad input in one line; forwards have the right
-shapes; softmax-type gates are distributions over experts; the sigmoid + He
-case dispatches to the exact kernel; and the deterministic quadrature agrees
-with Monte Carlo for every gate family (with He3 experts) and every expert
-family (with the softmax gate). All in float64 (conftest.py), small sizes.
+shapes; softmax-type gates are distributions over experts.
+
+The loss (`mixture_loss`) is held, for every gate/expert pair of the family
+table of benchmarks/kernel.py, to its stated bound against a 10⁷-sample Monte
+Carlo reference stored in tests/data/families_mc.json (written by
+``python benchmarks/kernel.py --families``; 10⁷ live samples per pair would
+take minutes): ``|L − L_MC| ≤ 4·SE + ε·L_MC``, ε = `quadrature.stated_error`
+(measured: about 4× the rule's spread over scramblings). A perturbation test
+shows the bound is tight enough to catch a wrong loss. The conditional rule is
+checked against the exact kernel (to 1e-10 where its gate integral is
+Gauss–Hermite, to its stated error where it is Sobol), against brute-force
+quasi-Monte Carlo, and its gradient against finite differences. All in
+float64 (conftest.py), small sizes.
 """
+
+import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,26 +34,23 @@ from jaxmoe.families import (
     init_mixture_teacher,
     mixture_forward,
 )
+from jaxmoe.families import Mixture
 from jaxmoe.model import MoE
 from jaxmoe.population import population_loss
-from jaxmoe.pairkernel import independent_loss
-from jaxmoe.quadrature import gaussian_nodes, mixture_loss, mixture_loss_monte_carlo, uses_pair_kernel
+from jaxmoe.pairkernel import independent_loss, orthonormal_frame
+from jaxmoe import quadrature
+from jaxmoe.quadrature import (
+    conditional_loss,
+    gaussian_nodes,
+    loss_rule,
+    mixture_loss,
+    quasi_monte_carlo_loss,
+    stated_error,
+)
 
 # Student m, teacher m*, coordinates D = 2(m + m*) as in the reduced simulation.
 M, M_STAR, D = 4, 2, 12
-# Monte Carlo sample count of the tolerance tests. The issue asks for 10^7; at
-# D = 12 that costs about 3.7 s per pair on a 2-core CPU (13 pairs: ~50 s),
-# beyond this file's 30 s budget, so the tests use 10^6 and the 10^7
-# comparison is in the issue #8 report.
-MC_SAMPLES = 10**6
-# Quadrature nodes of the tolerance tests (the default of mixture_loss).
-NODES = 2**15
-# Stated quadrature tolerance, relative to the loss: |approx − MC| ≤ 4·SE + TOL·L.
-# Measured relative errors of the spherical–radial Halton rule at D = 12,
-# N = 2^15 against 2^21 nodes and 10^7-sample Monte Carlo were up to about
-# 3e-2 (He3/He4 experts: degree-12/16 polynomial integrands); 5e-2 leaves
-# margin without hiding a wrong formula (a perturbed teacher moves L by ≫ 5%).
-TOL = 5e-2
+REFERENCES = Path(__file__).parent / "data" / "families_mc.json"
 
 GATE_CASES = [
     "softmax",
@@ -52,14 +61,39 @@ GATE_CASES = [
     "topk:k=2",
     "temperature:tau=1,tau_final=0.2,decay=1",
 ]
-EXPERT_CASES = ["he1", "he4", "linear", "mlp:hidden=2,act=gelu", "mlp:hidden=2,act=tanh", "mlp:hidden=2,act=sigmoid"]
-PAIRS = [(g, "he3") for g in GATE_CASES] + [("softmax", e) for e in EXPERT_CASES]
 
 
 def _models(gate, expert, dim=D, m=M, m_star=M_STAR):
     teacher = init_mixture_teacher(m_star, dim, gate, expert, key=jax.random.PRNGKey(0))
     student = init_mixture_student(m, dim, gate, expert, key=jax.random.PRNGKey(1))
     return student, teacher
+
+
+def _flat(tree):
+    return np.concatenate([np.asarray(x).ravel() for x in jax.tree_util.tree_leaves(tree)])
+
+
+def _flat_jnp(tree):
+    return jnp.concatenate([x.ravel() for x in jax.tree_util.tree_leaves(tree)])
+
+
+def _with_bias(model, bias):
+    # Non-zero biases, so that a dropped or mis-signed bias term is visible.
+    return Mixture(model.router, model.expert, model.group_router, jnp.asarray(bias), model.output, model.gate, model.expert_fn)
+
+
+def _with_biases(student, teacher):
+    if student.expert_fn.name == "linear":
+        student = _with_bias(student, 0.3 * jnp.cos(1.0 + jnp.arange(student.num_experts)))
+    if teacher.expert_fn.name == "linear":
+        teacher = _with_bias(teacher, 0.5 * jnp.cos(jnp.arange(teacher.num_experts, dtype=teacher.router.dtype)))
+    return student, teacher
+
+
+def _independent_models(gate, teacher_expert, student_expert, m=M, m_star=M_STAR, dim=D):
+    teacher = init_mixture_teacher(m_star, dim, gate, teacher_expert, key=jax.random.PRNGKey(0))
+    student = init_mixture_student(m, dim, gate, student_expert, key=jax.random.PRNGKey(1))
+    return _with_biases(student, teacher)
 
 
 # ---------------------------------------------------------------------------
@@ -148,9 +182,10 @@ def test_sizes_checked_against_m(gate, message):
 def test_forward_shapes_and_gate_sums(gate, expert):
     student, teacher = _models(gate, expert)
     x = jax.random.normal(jax.random.PRNGKey(2), (7, D))
-    assert mixture_forward(student, x, t=0.5).shape == (7,)
-    assert mixture_forward(teacher, x).shape == (7,)
-    g = gate_weights(student, x, t=0.5)
+    forward_s, forward_t, g = jax.jit(
+        lambda s, q, x: (mixture_forward(s, x, t=0.5), mixture_forward(q, x), gate_weights(s, x, t=0.5))
+    )(student, teacher, x)
+    assert forward_s.shape == (7,) and forward_t.shape == (7,)
     assert g.shape == (7, M) and bool(jnp.all(g >= 0))
     if not Gate.from_string(gate).independent:
         np.testing.assert_allclose(g.sum(-1), 1.0, atol=1e-12)
@@ -166,7 +201,26 @@ def test_temperature_schedule():
 
 
 # ---------------------------------------------------------------------------
-# Population loss
+# Dispatch and nodes
+
+
+@pytest.mark.parametrize(
+    "student_families, teacher_families, rule",
+    [
+        (("sigmoid", "he3"), ("erf", "he2"), "exact"),
+        (("sigmoid", "linear"), ("sigmoid", "he3"), "pair kernel"),
+        (("softmax", "he3"), ("softmax", "he3"), "conditional"),
+        (("softmax", "linear"), ("sigmoid", "he3"), "conditional"),
+        (("topk:k=2", "he4"), ("hierarchical:groups=2", "linear"), "conditional"),
+        (("sigmoid", "mlp:hidden=2,act=tanh"), ("sigmoid", "he3"), "quasi-monte carlo"),
+        (("softmax", "mlp:hidden=2,act=gelu"), ("softmax", "mlp:hidden=2,act=gelu"), "quasi-monte carlo"),
+    ],
+)
+def test_loss_rule_dispatch(student_families, teacher_families, rule):
+    student = init_mixture_student(M, D, *student_families, key=jax.random.PRNGKey(1))
+    teacher = init_mixture_teacher(M_STAR, D, *teacher_families, key=jax.random.PRNGKey(0))
+    assert loss_rule(student, teacher) == rule
+    assert 0 < stated_error(student, teacher) <= 5e-2
 
 
 @pytest.mark.parametrize("gate", ["sigmoid", "erf"])
@@ -176,63 +230,234 @@ def test_independent_hermite_dispatches_to_exact_kernel(gate):
     assert float(mixture_loss(student, teacher)) == float(exact)
 
 
-def test_nodes_integrate_low_moments():
-    for dim in (2, 6):
-        z, w = gaussian_nodes(dim, 4096)
-        np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-13)
-        np.testing.assert_allclose(w @ z, 0.0, atol=1e-13)  # antithetic / symmetric
-    z, w = gaussian_nodes(2, 4096)  # Gauss–Hermite: polynomials exactly
+def test_gaussian_nodes_integrate_low_moments():
+    # Gauss–Hermite (n ≤ 3): polynomials exactly.
+    z, w = gaussian_nodes(2, 4096)
+    np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-13)
     np.testing.assert_allclose(w @ (z[:, 0] ** 4 * z[:, 1] ** 2), 3.0, rtol=1e-12)
+    for degree in (0, 3):
+        z, w = gaussian_nodes(6, 2**12, degree)
+        np.testing.assert_allclose(w @ z, 0.0, atol=1e-13)  # antithetic: odd moments vanish exactly
+        if degree == 0:
+            np.testing.assert_allclose(w, 1.0 / len(w), rtol=1e-15)
+        # Sobol with (degree > 0) importance weights: second moments to QMC accuracy.
+        np.testing.assert_allclose(w.sum(), 1.0, atol=2e-3)
+        np.testing.assert_allclose(w @ z**2, 1.0, atol=2e-2)
+    with pytest.raises(ValueError, match="dim"):
+        gaussian_nodes(0, 16)
 
 
-def test_loss_is_differentiable_and_vmappable():
+def test_orthonormal_frame_handles_dependent_columns():
+    # Columns: a, b, a + 2b (dependent), c in R^3, then a fifth column in a
+    # three-dimensional space (necessarily dependent): zero columns, the rest
+    # orthonormal, and every column reconstructed from the frame.
+    rng = np.random.default_rng(0)
+    a, b, c = rng.standard_normal((3, 3))
+    u = jnp.asarray(np.stack([a, b, a + 2 * b, c, a - c], axis=1))
+    q = jax.jit(orthonormal_frame)(u)
+    norms = np.linalg.norm(np.asarray(q), axis=0)
+    np.testing.assert_allclose(norms, [1, 1, 0, 1, 0], atol=1e-12)
+    np.testing.assert_allclose(q.T @ q, np.diag(norms**2), atol=1e-13)
+    np.testing.assert_allclose(q @ (q.T @ u), u, atol=1e-12)
+    lower = np.asarray(u.T @ q)
+    np.testing.assert_allclose(lower, np.tril(lower), atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# The conditional rule against exact answers
+#
+# Each test compiles one function (compilation dominates this file's time).
+
+
+def test_conditional_rule_is_exact_where_the_gate_integral_is_gauss_hermite():
+    # m = 2, m* = 1: n_g = 3 gate coordinates, so the y-integral is tensor
+    # Gauss–Hermite (32 points per axis) and the whole rule is exact up to it:
+    # measured 1e-12 (loss and derivatives) against the exact kernel (He3)
+    # and the pair kernel (linear, non-zero biases), two independent methods.
+    # A wrong term of the closed form (a factorial, the sign of A, a missing
+    # cross-covariance, a dropped bias) or a frame gradient that missed the
+    # gate–expert coupling shows at the 1e-2 level.
+    # Derivatives along a random direction of every student array (forward
+    # mode: cheaper to compile than the full gradients, the same linearisation).
+    cases = [_independent_models("sigmoid", e, e, m=2, m_star=1, dim=6) for e in ("he3", "linear")]
+    directions = [
+        jax.tree_util.tree_map(lambda x: jax.random.normal(jax.random.PRNGKey(5), x.shape, x.dtype), s) for s, _ in cases
+    ]
+
+    @jax.jit
+    def both(cases, directions):
+        return [
+            [jax.jvp(lambda a: loss(a, t), (s,), (direction,)) for loss in (mixture_loss, conditional_loss)]
+            for (s, t), direction in zip(cases, directions)
+        ]
+
+    for (exact, exact_slope), (approx, approx_slope) in both(cases, directions):
+        np.testing.assert_allclose(float(approx), float(exact), rtol=1e-10)
+        np.testing.assert_allclose(float(approx_slope), float(exact_slope), rtol=1e-8)
+
+
+def test_conditional_rule_against_exact_kernel_with_sobol_nodes():
+    # n_g = 6: Sobol nodes. Sigmoid gates, He3 experts: the stated error of
+    # degree 3 holds against the exact kernel (measured 1.1e-3). The
+    # gradient's error relative to its norm is larger (measured 2.7e-2;
+    # benchmarks/results/kernel-families-*.md): about the same absolute
+    # error on a quantity much smaller than L; bound 1e-1.
+    student, teacher = _models("sigmoid", "he3")
+    (exact, exact_grad), (approx, approx_grad) = jax.jit(
+        lambda s, t: (jax.value_and_grad(mixture_loss)(s, t), jax.value_and_grad(conditional_loss)(s, t))
+    )(student, teacher)
+    assert abs(float(approx) - float(exact)) <= quadrature._CONDITIONAL_ERROR[3] * float(exact)
+    assert np.linalg.norm(_flat(approx_grad) - _flat(exact_grad)) <= 1e-1 * np.linalg.norm(_flat(exact_grad))
+
+
+def test_conditional_rule_against_brute_force_quasi_monte_carlo():
+    # Softmax gates, linear experts: the conditional rule (6 gate coordinates)
+    # against plain Sobol in all 12 coordinates with 2^18 nodes, whose own
+    # spread over scramblings is 1e-4. Measured difference 1e-4 relative;
+    # bound: the conditional rule's stated error plus 4× that spread.
+    student, teacher = _with_biases(*_models("softmax", "linear"))
+    assert loss_rule(student, teacher) == "conditional"
+    fast, brute = jax.jit(lambda s, t: (mixture_loss(s, t), quasi_monte_carlo_loss(s, t, nodes=2**18)))(student, teacher)
+    assert abs(float(fast) - float(brute)) <= (stated_error(student, teacher) + 4e-4) * float(brute)
+
+
+def test_jit_and_eager_agree():
+    # XLA CPU (jaxlib 0.10.2) fuses dot·multiply·reduce into one kernel and
+    # miscompiled it for a broadcast constant operand (wrong by O(1) beyond
+    # 1024 rows); eager mode runs the operations one by one.
+    student, teacher = _models("temperature:tau=0.5", "he2")
+    np.testing.assert_allclose(float(jax.jit(mixture_loss)(student, teacher)), float(mixture_loss(student, teacher)), rtol=1e-12)
+
+
+def test_gradient_matches_finite_differences():
+    # The conditional rule is differentiated through its frame, so its
+    # gradient is the exact gradient of the rule: it matches central
+    # differences of the rule itself to their own accuracy (measured 1e-8).
+    # Reverse mode (what the flow uses) for softmax + He3, forward mode for
+    # hierarchical + linear (cheaper to compile; the same linearisation).
+    cases = [_with_biases(*_models(g, e)) for g, e in (("softmax", "he3"), ("hierarchical:groups=2", "linear"))]
+    directions = [
+        jax.tree_util.tree_map(lambda x: jax.random.normal(jax.random.PRNGKey(5), x.shape, x.dtype), s) for s, _ in cases
+    ]
+    eps = 1e-5
+
+    @jax.jit
+    def derivatives(cases, directions):
+        out = []
+        for index, ((student, teacher), direction) in enumerate(zip(cases, directions)):
+            loss = lambda s: mixture_loss(s, teacher)  # noqa: E731
+            if index == 0:
+                grad = jax.grad(loss)(student)
+                analytic = jnp.vdot(_flat_jnp(grad), _flat_jnp(direction))
+            else:
+                analytic = jax.jvp(loss, (student,), (direction,))[1]
+            shift = lambda e: loss(jax.tree_util.tree_map(lambda x, y: x + e * y, student, direction))  # noqa: E731
+            plus, minus = jax.vmap(shift)(jnp.array([eps, -eps]))
+            out.append((analytic, (plus - minus) / (2 * eps)))
+        return out
+
+    for analytic, numeric in derivatives(cases, directions):
+        np.testing.assert_allclose(float(analytic), float(numeric), rtol=1e-6)
+
+
+def test_loss_is_vmappable_and_runs_in_float32():
+    # Seeds as a leading axis of the Mixture arrays (the gradient under vmap
+    # is exercised by the simulator's tests); float32 agrees with float64 to
+    # its own precision (measured 1e-7).
     student, teacher = _models("softmax", "linear")
-    loss, grad = jax.value_and_grad(mixture_loss)(student, teacher, nodes=1024)
-    assert grad.router.shape == student.router.shape and bool(jnp.isfinite(loss))
-    students = jax.vmap(lambda k: init_mixture_student(M, D, "softmax", "linear", key=k))(jax.random.split(jax.random.PRNGKey(3), 3))
-    losses = jax.vmap(lambda s: mixture_loss(s, teacher, nodes=1024))(students)
+    draws = [init_mixture_student(M, D, "softmax", "linear", key=k) for k in jax.random.split(jax.random.PRNGKey(3), 3)]
+    students = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *draws)
+    one = draws[1]
+    single = jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), (one, teacher))
+
+    @jax.jit
+    def run(students, teacher, one, single):
+        return jax.vmap(mixture_loss, in_axes=(0, None))(students, teacher), mixture_loss(one, teacher), mixture_loss(*single)
+
+    losses, loss, loss32 = run(students, teacher, one, single)
     assert losses.shape == (3,)
+    np.testing.assert_allclose(float(losses[1]), float(loss), rtol=1e-12)
+    assert loss32.dtype == jnp.float32
+    np.testing.assert_allclose(float(loss32), float(loss), rtol=1e-5)
 
 
-def _check_against_monte_carlo(student, teacher, t, nodes=NODES):
-    approx = float(mixture_loss(student, teacher, nodes=nodes, t=t))
-    mc, se = mixture_loss_monte_carlo(student, teacher, key=jax.random.PRNGKey(7), num_samples=MC_SAMPLES, batch_size=2**17, t=t)
-    return abs(approx - float(mc)) <= 4 * float(se) + TOL * abs(float(mc))
+# ---------------------------------------------------------------------------
+# Every pair against its 10^7-sample Monte Carlo reference
 
 
-@pytest.mark.parametrize("gate, expert", PAIRS)
-def test_quadrature_against_monte_carlo(gate, expert):
-    student, teacher = _models(gate, expert)
-    t = 1.0 if "decay" in gate else None
-    assert _check_against_monte_carlo(student, teacher, t)
+def _load_references():
+    document = json.loads(REFERENCES.read_text())
+    return document, {row["name"]: row for row in document["pairs"]}
 
 
-def test_gauss_hermite_path_against_monte_carlo():
-    # D = 3 ≤ MAX_GAUSS_HERMITE_DIM: the tensor Gauss–Hermite rule.
-    student, teacher = _models("softmax", "he3", dim=3, m=2, m_star=1)
-    assert _check_against_monte_carlo(student, teacher, None)
+_DOCUMENT, _REFERENCE_ROWS = _load_references()
+# The perturbation test: one teacher bias moved by this much.
+_NUDGE = 0.05
+
+
+def _model_from_json(data) -> Mixture:
+    arrays = {k: None if data[k] is None else jnp.asarray(data[k], jnp.float64) for k in ("router", "expert", "group_router", "bias", "output")}
+    return Mixture(**arrays, gate=data["gate"], expert_fn=data["expert_fn"])
+
+
+def _nudged(teacher: Mixture) -> Mixture:
+    return Mixture(teacher.router, teacher.expert, None, teacher.bias.at[0].add(_NUDGE), None, teacher.gate, teacher.expert_fn)
+
+
+@pytest.fixture(scope="module")
+def reference_losses():
+    """`mixture_loss` for every reference pair (and the nudged teacher), in one compilation."""
+    names = sorted(_REFERENCE_ROWS)
+    pairs = [(_model_from_json(_REFERENCE_ROWS[n]["student"]), _model_from_json(_REFERENCE_ROWS[n]["teacher"])) for n in names]
+    times = [_REFERENCE_ROWS[n]["t"] for n in names]
+    nudge_student, nudge_teacher = pairs[names.index("softmax + linear")]
+
+    @jax.jit
+    def losses(pairs, nudge_student, nudge_teacher):
+        values = [mixture_loss(s, q, t=t) for (s, q), t in zip(pairs, times)]
+        return values, mixture_loss(nudge_student, _nudged(nudge_teacher))
+
+    values, nudged = losses(pairs, nudge_student, nudge_teacher)
+    rules = {n: loss_rule(*p) for n, p in zip(names, pairs)}
+    errors = {n: stated_error(*p) for n, p in zip(names, pairs)}
+    return {n: float(v) for n, v in zip(names, values)}, rules, errors, float(nudged)
+
+
+def test_references_were_drawn_at_the_stated_size():
+    sizes, mc = _DOCUMENT["sizes"], _DOCUMENT["monte_carlo"]
+    assert (sizes["m"], sizes["m_star"], sizes["D"]) == (M, M_STAR, D) and mc["samples"] == 10**7
+    names = {row["name"] for row in _DOCUMENT["pairs"]}
+    # Every gate (with He3) and every expert family (with softmax) is covered.
+    gates = {n.split(" + ")[0].split(":")[0] for n in names if n.split(" + ")[1] == "he3"}
+    experts = {n.split(" + ")[1].split(":")[0] for n in names if n.startswith("softmax + ")}
+    assert gates >= set(GATES) and experts >= set(EXPERT_FAMILIES)
+
+
+@pytest.mark.parametrize("name", sorted(_REFERENCE_ROWS))
+def test_mixture_loss_within_stated_bound_of_monte_carlo(name, reference_losses):
+    # |L − L_MC| ≤ 4·SE + ε·L_MC: 4·SE is Monte Carlo's own error (a normal
+    # deviate beyond 4 has probability 6e-5), ε the rule's stated error
+    # (quadrature.stated_error: about 4× its measured spread over
+    # scramblings; 1e-12 for the exact kernel, 1e-10 for the pair kernel).
+    losses, rules, errors, _ = reference_losses
+    row = _REFERENCE_ROWS[name]
+    assert rules[name] == row["rule"]
+    bound = 4 * row["mc_se"] + errors[name] * row["mc_mean"]
+    assert abs(losses[name] - row["mc_mean"]) <= bound, (losses[name], row["mc_mean"], bound)
+
+
+def test_bound_catches_a_small_change_of_the_teacher(reference_losses):
+    # The test above can fail: moving one teacher bias by 0.05 (a linear
+    # expert's output by 5% of its scale) changes the softmax + linear loss
+    # by more than that pair's bound.
+    losses, _, errors, nudged = reference_losses
+    row = _REFERENCE_ROWS["softmax + linear"]
+    bound = 4 * row["mc_se"] + errors["softmax + linear"] * row["mc_mean"]
+    assert abs(losses["softmax + linear"] - row["mc_mean"]) <= bound < abs(nudged - row["mc_mean"])
 
 
 # ---------------------------------------------------------------------------
 # Independent gates with polynomial experts: the pair kernel (jaxmoe.pairkernel)
-
-
-def _with_bias(model, bias):
-    # Non-zero biases, so that a dropped or mis-signed bias term is visible.
-    return type(model)(model.router, model.expert, model.group_router, jnp.asarray(bias), model.output, model.gate, model.expert_fn)
-
-
-def _independent_models(gate, teacher_expert, student_expert):
-    teacher = init_mixture_teacher(M_STAR, D, gate, teacher_expert, key=jax.random.PRNGKey(0))
-    student = init_mixture_student(M, D, gate, student_expert, key=jax.random.PRNGKey(1))
-    if student_expert == "linear":
-        student = _with_bias(student, 0.3 * jnp.arange(M) - 0.4)
-    if teacher_expert == "linear":
-        teacher = _with_bias(teacher, jnp.array([0.5, -0.2]))
-    return student, teacher
-
-
-PAIR_KERNEL_CASES = [("sigmoid", "linear", "linear"), ("erf", "linear", "linear"), ("sigmoid", "he2", "linear")]
 
 
 def test_pair_kernel_reproduces_the_exact_hermite_kernel():
@@ -242,36 +467,3 @@ def test_pair_kernel_reproduces_the_exact_hermite_kernel():
     student, teacher = _models("sigmoid", "he3")
     exact = population_loss(MoE(student.router, student.expert, "sigmoid", "he3"), MoE(teacher.router, teacher.expert, "sigmoid", "he3"))
     np.testing.assert_allclose(float(independent_loss(student, teacher)), float(exact), rtol=1e-12)
-
-
-@pytest.mark.parametrize("gate, teacher_expert, student_expert", PAIR_KERNEL_CASES[1:])
-def test_pair_kernel_against_higher_order_rule(gate, teacher_expert, student_expert):
-    # 48 vs 96 Gauss–Hermite points per gate axis: measured 2e-15 to 6e-15 relative.
-    student, teacher = _independent_models(gate, teacher_expert, student_expert)
-    assert uses_pair_kernel(student, teacher)
-    fast = float(mixture_loss(student, teacher))
-    np.testing.assert_allclose(fast, float(independent_loss(student, teacher, router_nodes=96)), rtol=1e-12)
-
-
-@pytest.mark.parametrize("gate, teacher_expert, student_expert", PAIR_KERNEL_CASES)
-def test_pair_kernel_against_monte_carlo(gate, teacher_expert, student_expert):
-    # The pair kernel is exact to 1e-12, so the only error is Monte Carlo's:
-    # |L − L̂| ≤ 4·SE, no extra slack (SE ≈ 0.15–0.2% of L at 10^6 samples;
-    # measured |L − L̂|/SE = 0.4–0.6). Dropping the biases moves L by ≫ 4·SE.
-    student, teacher = _independent_models(gate, teacher_expert, student_expert)
-    loss = float(mixture_loss(student, teacher))
-    mc, se = mixture_loss_monte_carlo(student, teacher, key=jax.random.PRNGKey(7), num_samples=MC_SAMPLES, batch_size=2**17)
-    assert abs(loss - float(mc)) <= 4 * float(se)
-
-
-def test_pair_kernel_gradient_matches_finite_differences():
-    # Q enters under stop_gradient (jaxmoe.pairkernel): the first derivative
-    # is still exact. Measured agreement 1e-10 (the central difference's own error).
-    student, teacher = _independent_models("sigmoid", "linear", "linear")
-    grad = jax.grad(mixture_loss)(student, teacher)
-    direction = jax.tree_util.tree_map(lambda x: jax.random.normal(jax.random.PRNGKey(5), x.shape, x.dtype), student)
-    analytic = sum(jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(direction)))
-    eps = 1e-5
-    shifted = jax.jit(lambda e: mixture_loss(jax.tree_util.tree_map(lambda x, y: x + e * y, student, direction), teacher))
-    numeric = (shifted(eps) - shifted(-eps)) / (2 * eps)
-    np.testing.assert_allclose(float(analytic), float(numeric), rtol=1e-7)
