@@ -5,8 +5,11 @@ router spreads its inputs over the experts during training. For a model with
 gate g (any family of `jaxmoe.families`) these are, at one time t:
 
 - **load** of expert i: ``ℓ_i = E_x[g_i(x)]``, x ~ N(0, I_D) — the share of
-  the input distribution routed to it (for softmax-type gates Σ_i ℓ_i = 1;
-  for independent sigmoid gates the loads need not sum to one).
+  the input distribution routed to it (for softmax-type gates Σ_i ℓ_i = 1).
+  The paper's independent gates σ(v̄_i·x) have no bias and x is symmetric, so
+  every load is exactly ½ whatever the router: for them the load diagnostics
+  are uniform by construction and only the qualities move; the diagnostics
+  speak for the coupled (softmax-type) gates of `jaxmoe.families`.
 - **quality** of expert i: minus its mean squared error against the teacher
   on the inputs routed to it,
 
