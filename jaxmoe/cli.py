@@ -178,6 +178,9 @@ def _parser() -> _Parser:
     from .prune import add_parser as add_prune_parser
 
     add_prune_parser(sub)
+    from .rates import add_parser as add_rates_parser
+
+    add_rates_parser(sub)
     return parser
 
 
@@ -431,6 +434,13 @@ def _prune(args) -> int:
         raise _UsageError(str(err)) from None
 
 
+def _rates(args) -> int:
+    from .rates import main as rates_main
+
+    # rates.main reports its own bad input (one line, exit code 2).
+    return rates_main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     try:
@@ -441,8 +451,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"jaxmoe {__version__}")
             return 0
         if args.command is None:
-            raise _UsageError("a command is required: simulate, sweep, compare, scaling, prune (see 'jaxmoe --help')")
-        commands = {"simulate": _simulate, "sweep": _sweep, "compare": _compare, "scaling": _scaling, "prune": _prune}
+            raise _UsageError("a command is required: simulate, sweep, compare, scaling, prune, rates (see 'jaxmoe --help')")
+        commands = {"simulate": _simulate, "sweep": _sweep, "compare": _compare, "scaling": _scaling, "prune": _prune,
+                    "rates": _rates}
         return commands[args.command](args)
     except _UsageError as err:
         print(f"jaxmoe: error: {err}", file=sys.stderr)

@@ -17,6 +17,7 @@ from jaxtyping import Array, Float
 
 from .model import unit
 from .models import Model, expert_alignment, model_loss, router_alignment
+from .routing import routing_observables
 
 __all__ = [
     "alignment",
@@ -30,8 +31,10 @@ __all__ = [
     "OBSERVABLES",
 ]
 
-# Names of the per-time observables, in the order they are stored.
-OBSERVABLES = ("loss", "expert_alignment", "router_alignment")
+# Names of the per-time observables, in the order they are stored: the loss,
+# the alignments, and the routing observables of `jaxmoe.routing` (per-expert
+# load and quality, from which entropy, CV and effective temperature follow).
+OBSERVABLES = ("loss", "expert_alignment", "router_alignment", "load", "quality")
 
 
 def alignment(a: Float[Array, "m d"], b: Float[Array, "k d"]) -> Float[Array, "m k"]:
@@ -61,7 +64,8 @@ def observe(student: Model, teacher: Model, t=None) -> dict[str, Array]:
     (use `jax.vmap` for seeds), `jaxmoe.MoE` or `jaxmoe.families.Mixture`;
     `t`, the gradient-flow time (for a gate with a temperature schedule).
 
-    **Returns:** ``{"loss": (), "expert_alignment": (m, m*), "router_alignment": (m, m*)}``.
+    **Returns:** ``{"loss": (), "expert_alignment": (m, m*), "router_alignment": (m, m*),
+    "load": (m,), "quality": (m,)}`` (`jaxmoe.routing.routing_observables`).
 
     Example::
 
@@ -73,6 +77,7 @@ def observe(student: Model, teacher: Model, t=None) -> dict[str, Array]:
         "loss": model_loss(student, teacher, t),
         "expert_alignment": expert_alignment(student, teacher),
         "router_alignment": router_alignment(student, teacher),
+        **routing_observables(student, teacher, t),
     }
 
 

@@ -164,7 +164,8 @@ def _write_png(fig, path: Path) -> None:
 
 
 def save_figures(result: Result, folder: str | os.PathLike, max_seeds: int = 4) -> list[Path]:
-    """Write ``loss.png`` and ``alignment_seed<k>.png`` for the first seeds.
+    """Write ``loss.png``, ``alignment_seed<k>.png`` for the first seeds, and
+    ``routing_seed<k>.png`` (`jaxmoe.routing.plot_routing`) for the first seed.
 
     **Arguments:** `result`; `folder` (created if needed); `max_seeds`, how
     many seeds get an alignment figure (k is the seed index).
@@ -184,5 +185,14 @@ def save_figures(result: Result, folder: str | os.PathLike, max_seeds: int = 4) 
     for s in range(min(max_seeds, result.num_seeds)):
         path = folder / f"alignment_seed{result.seed_index[s]}.png"
         _write_png(plot_alignments(result, s), path)
+        paths.append(path)
+    if "load" in result.extra:
+        # Routing against time (issue 9): loads, their entropy and CV, and the effective temperature.
+        from .routing import plot_routing
+
+        path = folder / f"routing_seed{result.seed_index[0]}.png"
+        fig = plot_routing(result.times, result.extra["load"], result.extra["quality"], seed=0,
+                           time_label=_time_label(result))
+        _write_png(fig, path)
         paths.append(path)
     return paths
