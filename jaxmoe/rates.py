@@ -280,7 +280,8 @@ class RatesConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
         if self.likelihood is not None and self.likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)} (or None: each setting's own); got {self.likelihood!r}")
+            raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)} (or None: each setting's own); "
+                             f"got {self.likelihood!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         for s in settings:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array
 
 from .families import Mixture, expert_values, gate_weights, mixture_forward
 from .model import unit

@@ -155,7 +155,9 @@ def voronoi_loss(
     return mass_term + jnp.sum(mass * atom_term)
 
 
-def voronoi_loss_reference(fitted_beta0, fitted_groups, true_beta0, true_groups, *, table=OVERSPECIFIED_SQUARED, scales=None) -> float:
+def voronoi_loss_reference(
+    fitted_beta0, fitted_groups, true_beta0, true_groups, *, table=OVERSPECIFIED_SQUARED, scales=None
+) -> float:
     """`voronoi_loss` written with Python loops over cells, in NumPy: the
     plain reference that the vectorised version is tested against."""
     import numpy as np
