@@ -40,7 +40,10 @@ from .sweep import sweep as run_sweep
 
 # The experiment modules (and matplotlib with them) load on first use:
 # `jaxmoe.plot.plot_alignments(...)` works after a bare `import jaxmoe`.
-_LAZY = ("plot", "compare", "scaling", "prune", "hosts", "devices", "chunks", "sweep", "cli")
+_LAZY = (
+    "plot", "compare", "scaling", "prune", "hosts", "devices", "chunks", "sweep", "cli",
+    "families", "models", "pairkernel", "quadrature", "routing", "voronoi", "rates",
+)
 
 
 def __getattr__(name):

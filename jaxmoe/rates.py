@@ -832,7 +832,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="parameter-estimation rates: Voronoi loss against n for softmax, temperature and activation gates",
         description="Draw n samples from a teacher mixture of experts, fit the student (L-BFGS, several restarts, "
         "vmapped over replicates and n), measure the Voronoi loss to the truth and fit its exponent in n with a "
-        "bootstrap 95%% interval, beside the papers' theoretical rates (arXiv 2305.03288, 2401.13875, 2402.02952, "
+        "bootstrap 95% interval, beside the papers' theoretical rates (arXiv 2305.03288, 2401.13875, 2402.02952, "
         "2503.03213). Writes rates.md, rates.csv, fit.csv, rates.npz, config.json and rates.png. The default is "
         "small enough for a CPU in minutes; --paper runs the full table (n = 10^2..10^5, 20 replicates).",
     )
