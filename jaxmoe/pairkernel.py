@@ -19,12 +19,13 @@ c_u c_{u'} K(u,u')`` (s = +1 for the student, −1 for the teacher), with
 a four-dimensional Gaussian integral. Each is computed by tensor
 Gauss–Hermite quadrature in the Cholesky coordinates of the four projections
 (as `jaxmoe.population.expert_kernel_reference`): an orthonormal basis Q of
-the span of the four vectors (rank-deficient pairs, such as a unit with
-itself, need no special case: a dependent column of Q is zero) gives ``(a₁, a₂, c₁, c₂) = Lg``, ``L = UᵀQ``,
-g ~ N(0, I₄). Q comes from `orthonormal_frame` (modified Gram–Schmidt), so L
-is lower triangular: the gates depend on g₁, g₂ only. The gates get `router_nodes` points per axis; polynomial experts
-(He, linear) need only the smallest rule exact for their degree on g₃, g₄;
-mlp experts get `expert_nodes` points there.
+the span of the four vectors, from `orthonormal_frame` (modified
+Gram–Schmidt; rank-deficient pairs, such as a unit with itself, need no
+special case: a dependent column of Q is zero), gives
+``(a₁, a₂, c₁, c₂) = Lg``, ``L = UᵀQ`` lower triangular, g ~ N(0, I₄): the
+gates depend on g₁, g₂ only. The gates get `router_nodes` points per axis;
+polynomial experts (He, linear) need only the smallest rule exact for their
+degree on g₃, g₄; mlp experts get `expert_nodes` points there.
 
 **Gradients.** Q enters under `stop_gradient`. This gives the exact first
 derivative: for a perturbation dU, ``dL = E[∇f(Uᵀx)·dUᵀx]`` and the part of x
@@ -35,8 +36,10 @@ within the exactness of the g₃, g₄ rule, which has one degree to spare).
 Second derivatives would miss a term; nothing in jaxmoe takes them.
 
 **Accuracy** (measured at D = 12, m = 4, m* = 2): for He and linear experts
-the defaults agree with the exact Hermite/Mehler kernel (He3) to 1e-15 and
-with 32 gate points to 2e-12 (linear); tests/test_families.py. For mlp
+the defaults agree with the exact Hermite/Mehler kernel (He3) to 1e-15, with
+96 gate points to 6e-15 (linear), and with the conditional rule of
+`jaxmoe.quadrature` (an independent method) to 1e-12 in value and
+derivative where that rule is Gauss–Hermite; tests/test_families.py. For mlp
 experts the rule converges slowly: tanh has poles at ±iπ/2 and one
 dimensional Gauss–Hermite already leaves 1e-7 at 48 points, so
 `expert_nodes` = 16 leaves about 1e-4 relative (tanh), 3e-6 (gelu), 1e-8

@@ -73,9 +73,6 @@ def _flat(tree):
     return np.concatenate([np.asarray(x).ravel() for x in jax.tree_util.tree_leaves(tree)])
 
 
-def _flat_jnp(tree):
-    return jnp.concatenate([x.ravel() for x in jax.tree_util.tree_leaves(tree)])
-
 
 def _with_bias(model, bias):
     # Non-zero biases, so that a dropped or mis-signed bias term is visible.
@@ -175,22 +172,23 @@ def test_sizes_checked_against_m(gate, message):
 # Forward
 
 
-@pytest.mark.parametrize(
-    "gate, expert",
-    [(g, "he3") for g in GATE_CASES + ["sigmoid", "erf"]] + [("topk:k=2", e) for e in ("linear", "mlp:hidden=3,act=gelu")],
-)
-def test_forward_shapes_and_gate_sums(gate, expert):
-    student, teacher = _models(gate, expert)
+FORWARD_CASES = [(g, "he3") for g in GATE_CASES + ["sigmoid", "erf"]] + [("topk:k=2", e) for e in ("linear", "mlp:hidden=3,act=gelu")]
+
+
+def test_forward_shapes_and_gate_sums():
+    # All cases under one compilation (compilation dominates this file's time).
+    models = [_models(gate, expert) for gate, expert in FORWARD_CASES]
     x = jax.random.normal(jax.random.PRNGKey(2), (7, D))
-    forward_s, forward_t, g = jax.jit(
-        lambda s, q, x: (mixture_forward(s, x, t=0.5), mixture_forward(q, x), gate_weights(s, x, t=0.5))
-    )(student, teacher, x)
-    assert forward_s.shape == (7,) and forward_t.shape == (7,)
-    assert g.shape == (7, M) and bool(jnp.all(g >= 0))
-    if not Gate.from_string(gate).independent:
-        np.testing.assert_allclose(g.sum(-1), 1.0, atol=1e-12)
-    if gate.startswith("topk"):
-        assert bool(jnp.all(jnp.sum(g > 0, axis=-1) == 2))
+    outputs = jax.jit(
+        lambda models, x: [(mixture_forward(s, x, t=0.5), mixture_forward(q, x), gate_weights(s, x, t=0.5)) for s, q in models]
+    )(models, x)
+    for (gate, expert), (forward_s, forward_t, g) in zip(FORWARD_CASES, outputs):
+        assert forward_s.shape == (7,) and forward_t.shape == (7,), (gate, expert)
+        assert g.shape == (7, M) and bool(jnp.all(g >= 0)), (gate, expert)
+        if not Gate.from_string(gate).independent:
+            np.testing.assert_allclose(g.sum(-1), 1.0, atol=1e-12)
+        if gate.startswith("topk"):
+            assert bool(jnp.all(jnp.sum(g > 0, axis=-1) == 2))
 
 
 def test_temperature_schedule():
@@ -277,23 +275,22 @@ def test_conditional_rule_is_exact_where_the_gate_integral_is_gauss_hermite():
     # A wrong term of the closed form (a factorial, the sign of A, a missing
     # cross-covariance, a dropped bias) or a frame gradient that missed the
     # gate–expert coupling shows at the 1e-2 level.
-    # Derivatives along a random direction of every student array (forward
-    # mode: cheaper to compile than the full gradients, the same linearisation).
+    # The He3 case also along a random direction of every student array
+    # (forward mode: cheaper to compile than the full gradient, the same
+    # linearisation; the full gradient is held to the exact one below).
     cases = [_independent_models("sigmoid", e, e, m=2, m_star=1, dim=6) for e in ("he3", "linear")]
-    directions = [
-        jax.tree_util.tree_map(lambda x: jax.random.normal(jax.random.PRNGKey(5), x.shape, x.dtype), s) for s, _ in cases
-    ]
+    direction = jax.tree_util.tree_map(lambda x: jax.random.normal(jax.random.PRNGKey(5), x.shape, x.dtype), cases[0][0])
 
     @jax.jit
-    def both(cases, directions):
-        return [
-            [jax.jvp(lambda a: loss(a, t), (s,), (direction,)) for loss in (mixture_loss, conditional_loss)]
-            for (s, t), direction in zip(cases, directions)
-        ]
+    def both(cases, direction):
+        (s3, t3), (s1, t1) = cases
+        slopes = [jax.jvp(lambda a: loss(a, t3), (s3,), (direction,)) for loss in (mixture_loss, conditional_loss)]
+        return slopes, (mixture_loss(s1, t1), conditional_loss(s1, t1))
 
-    for (exact, exact_slope), (approx, approx_slope) in both(cases, directions):
-        np.testing.assert_allclose(float(approx), float(exact), rtol=1e-10)
-        np.testing.assert_allclose(float(approx_slope), float(exact_slope), rtol=1e-8)
+    ((exact, exact_slope), (approx, approx_slope)), (exact_linear, approx_linear) = both(cases, direction)
+    np.testing.assert_allclose(float(approx), float(exact), rtol=1e-10)
+    np.testing.assert_allclose(float(approx_slope), float(exact_slope), rtol=1e-8)
+    np.testing.assert_allclose(float(approx_linear), float(exact_linear), rtol=1e-10)
 
 
 def test_conditional_rule_against_exact_kernel_with_sobol_nodes():
@@ -333,8 +330,8 @@ def test_gradient_matches_finite_differences():
     # The conditional rule is differentiated through its frame, so its
     # gradient is the exact gradient of the rule: it matches central
     # differences of the rule itself to their own accuracy (measured 1e-8).
-    # Reverse mode (what the flow uses) for softmax + He3, forward mode for
-    # hierarchical + linear (cheaper to compile; the same linearisation).
+    # Forward mode (cheaper to compile; reverse mode is the same
+    # linearisation, and is held to the exact gradient above).
     cases = [_with_biases(*_models(g, e)) for g, e in (("softmax", "he3"), ("hierarchical:groups=2", "linear"))]
     directions = [
         jax.tree_util.tree_map(lambda x: jax.random.normal(jax.random.PRNGKey(5), x.shape, x.dtype), s) for s, _ in cases
@@ -344,16 +341,14 @@ def test_gradient_matches_finite_differences():
     @jax.jit
     def derivatives(cases, directions):
         out = []
-        for index, ((student, teacher), direction) in enumerate(zip(cases, directions)):
-            loss = lambda s: mixture_loss(s, teacher)  # noqa: E731
-            if index == 0:
-                grad = jax.grad(loss)(student)
-                analytic = jnp.vdot(_flat_jnp(grad), _flat_jnp(direction))
-            else:
-                analytic = jax.jvp(loss, (student,), (direction,))[1]
-            shift = lambda e: loss(jax.tree_util.tree_map(lambda x, y: x + e * y, student, direction))  # noqa: E731
-            plus, minus = jax.vmap(shift)(jnp.array([eps, -eps]))
-            out.append((analytic, (plus - minus) / (2 * eps)))
+        for (student, teacher), direction in zip(cases, directions):
+            def along(e):
+                shifted = jax.tree_util.tree_map(lambda x, y: x + e * y, student, direction)
+                return jax.jvp(lambda s: mixture_loss(s, teacher), (shifted,), (direction,))
+
+            # One trace: the derivative at 0 and the loss at ±eps.
+            values, slopes = jax.vmap(along)(jnp.array([0.0, eps, -eps]))
+            out.append((slopes[0], (values[1] - values[2]) / (2 * eps)))
         return out
 
     for analytic, numeric in derivatives(cases, directions):
