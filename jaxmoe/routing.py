@@ -121,7 +121,11 @@ def routing_observables(student, teacher, t=None, *, nodes: int = ROUTING_NODES)
         # x enters only through projections on these K vectors: integrate over
         # an orthonormal frame q of their span (exact in law: qᵀx ~ N(0, I_K)).
         z, w = gaussian_nodes(count, nodes, degree)
-        q, _ = jnp.linalg.qr(frame.T)  # (D, K), orthonormal columns spanning the vectors
+        # (D, K), orthonormal columns spanning the vectors (dependent ones zero).
+        # Not jnp.linalg.qr: batched LAPACK calls can deadlock a 2-thread XLA CPU pool.
+        from .pairkernel import orthonormal_frame
+
+        q = orthonormal_frame(frame.T)
         x = jnp.asarray(z, frame.dtype) @ q.T
     w = jnp.asarray(w / w.sum(), frame.dtype)  # exact normalisation: a uniform gate gets load 1/m exactly
     g = gate_weights(student, x, t)  # (N, m)
