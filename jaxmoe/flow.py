@@ -120,6 +120,10 @@ class _Spec(NamedTuple):
     max_steps: int
     progress: bool
     block: int | None  # seeds per vmapped block (`devices.seed_block`); None: all at once
+    # Whether the stop event needs the observables (a loss threshold or a
+    # recovery stop); without, it checks the state for non-finite values
+    # only, and the solve compiles one loss evaluation fewer.
+    stop_on_observables: bool = True
 
 
 def _status_code(result) -> jax.Array:
@@ -237,6 +241,11 @@ def _compiled_solve(spec: _Spec):
         # Checked after every accepted step: converged (loss below the
         # threshold, or every teacher expert recovered in expert and router
         # alignment), or broken beyond repair.
+        if not spec.stop_on_observables:
+            finite = jnp.asarray(True)
+            for leaf in jax.tree_util.tree_leaves(y):
+                finite = finite & jnp.isfinite(leaf).all()
+            return ~finite
         obs = observe(y, teacher, t)
         loss = obs["loss"]
         recovered = jnp.all(jnp.max(obs["expert_alignment"], axis=0) >= recovered_at) & jnp.all(
@@ -333,6 +342,7 @@ def integrate(config: SimulationConfig, teacher: Model, student: Model, times: n
         max_steps=config.max_steps,
         progress=progress,
         block=seed_block(config.m, config.m_star),
+        stop_on_observables=config.loss_threshold is not None or config.recovery_epsilon is not None,
     )
     dtype = student.router.dtype
     # Without a threshold the stopping event still catches non-finite seeds.

@@ -23,8 +23,8 @@ def test_round_trip(result, tmp_path):
     loaded = jaxmoe.load(tmp_path)
     assert loaded.config == result.config
     for name, array in result.arrays().items():
-        np.testing.assert_array_equal(getattr(loaded, name), array)
-        assert getattr(loaded, name).dtype == array.dtype
+        np.testing.assert_array_equal(loaded.arrays()[name], array)
+        assert loaded.arrays()[name].dtype == array.dtype
     assert loaded.run["method"] == "flow"
     table = jaxmoe.format_summary(loaded)
     assert len(table.splitlines()) == 1 + CONFIG.seeds

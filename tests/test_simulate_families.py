@@ -1,6 +1,6 @@
 """Every gate and expert family through the simulator (issue 8, points 1 and 3).
 
-Nine student–teacher problems cover every gate (sigmoid, erf, softmax,
+Eight student–teacher problems cover every gate (sigmoid, erf, softmax,
 temperature, activation with tanh and with sigmoid,
 hierarchical, top-k) and every expert family (He1–He4, linear, mlp with
 sigmoid, tanh and GELU units). Each runs as gradient flow in the reduced
@@ -54,7 +54,6 @@ CASES = [
     ("topk:k=2", "mlp:hidden=2,act=sigmoid", "dataset"),
     ("erf", "mlp:hidden=2,act=tanh", "optax"),
     ("sigmoid", "mlp:hidden=2,act=gelu", "online"),
-    ("sigmoid", "linear", "dataset"),
 ]
 
 
