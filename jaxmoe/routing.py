@@ -263,9 +263,11 @@ def plot_routing(times, load, quality, *, seed: int = 0, ax=None, time_label: st
     scale = "log" if positive.sum() > 1 and times[positive].max() / times[positive].min() > 100 else "linear"
     for i, color in enumerate(_colors(m)):
         ax[0].plot(times, load[seed, :, i], color=color, lw=1)
-    ax[0].axhline(1.0 / m, color="k", ls=":", lw=0.8, label="uniform 1/m")
+    if np.allclose(load[seed].sum(axis=-1), 1.0, atol=1e-6):
+        # Only a gate whose weights sum to one (softmax-type) has 1/m as its balanced load.
+        ax[0].axhline(1.0 / m, color="k", ls=":", lw=0.8, label="uniform 1/m")
+        ax[0].legend(fontsize=7)
     ax[0].set_ylabel("load E[g_i(x)]")
-    ax[0].legend(fontsize=7)
     share = diag["entropy"] / np.log(m) if m > 1 else diag["entropy"]
     for s in range(load.shape[0]):
         faint = dict(alpha=0.25, lw=0.6) if s != seed else dict(lw=1.5)
