@@ -132,6 +132,16 @@ def _parse(text: str, what: str, known: dict) -> tuple[str, dict]:
     return name, params
 
 
+def _from_string(cls, text: str, what: str, known: dict):
+    """`Gate` or `Expert` from its string; a key the family does not take is a one-line error."""
+    name, params = _parse(text, what, known)
+    try:
+        return cls(name, **params)
+    except TypeError:
+        bad = sorted(set(params) - set(known[name]))
+        raise ValueError(f"{what} {name!r} takes {', '.join(known[name]) or 'no parameters'}; got {bad}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class Gate:
     """How the m experts are weighted at input x: a frozen, hashable specification.
@@ -197,12 +207,7 @@ class Gate:
     @classmethod
     def from_string(cls, text: str) -> "Gate":
         """Parse ``"name"`` or ``"name:key=value,..."`` (``act`` abbreviates ``activation``)."""
-        name, params = _parse(text, "gate", _GATE_PARAMS)
-        try:
-            return cls(name, **params)
-        except TypeError:
-            bad = sorted(set(params) - set(_GATE_PARAMS[name]))
-            raise ValueError(f"gate {name!r} takes {', '.join(_GATE_PARAMS[name]) or 'no parameters'}; got {bad}") from None
+        return _from_string(cls, text, "gate", _GATE_PARAMS)
 
     def __str__(self) -> str:
         params = []
@@ -264,12 +269,7 @@ class Expert:
     @classmethod
     def from_string(cls, text: str) -> "Expert":
         """Parse ``"he3"``, ``"linear"`` or ``"mlp:hidden=4,act=gelu"``."""
-        name, params = _parse(text, "expert", _EXPERT_PARAMS)
-        try:
-            return cls(name, **params)
-        except TypeError:
-            bad = sorted(set(params) - set(_EXPERT_PARAMS[name]))
-            raise ValueError(f"expert {name!r} takes {', '.join(_EXPERT_PARAMS[name]) or 'no parameters'}; got {bad}") from None
+        return _from_string(cls, text, "expert", _EXPERT_PARAMS)
 
     def __str__(self) -> str:
         return f"mlp:hidden={self.hidden},act={self.activation}" if self.name == "mlp" else self.name

@@ -96,6 +96,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from .families import _positive
 from .voronoi import OVERSPECIFIED_RBAR, OVERSPECIFIED_SQUARED, softmax_gauge, voronoi_loss
 
 __all__ = [
@@ -165,15 +166,6 @@ _K_STAR = 2
 
 def _is_int(x) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-def _finite_positive(name: str, value) -> None:
-    try:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    except OverflowError:
-        ok = False
-    if not ok:
-        raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
 
 
 def num_parameters(setting: str | Setting, dim: int, likelihood: str | None = None) -> int:
@@ -274,7 +266,7 @@ class RatesConfig:
             if not _is_int(value) or value < low:
                 raise ValueError(f"{name} must be an integer ≥ {low}; got {value!r}")
         for name in ("noise", "learning_rate", "tolerance", "tau", "init_scale"):
-            _finite_positive(name, getattr(self, name))
+            _positive(name, getattr(self, name))
         if not isinstance(self.sigma_floor, (int, float)) or isinstance(self.sigma_floor, bool) or not 0 <= self.sigma_floor < 1:
             raise ValueError(f"sigma_floor must be a number in [0, 1) (a fraction of noise); got {self.sigma_floor!r}")
         if self.optimizer not in OPTIMIZERS:

@@ -42,8 +42,7 @@ import numpy as np
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .families import Mixture, expert_values, gate_weights, mixture_forward
-from .model import unit
+from .families import expert_values, gate_weights, mixture_forward
 
 __all__ = [
     "ROUTING_OBSERVABLES",
@@ -61,27 +60,6 @@ ROUTING_OBSERVABLES = ("load", "quality")
 ROUTING_NODES = 2**12
 # Loads below this count as zero when dividing (an expert nobody routes to).
 _TINY = 1e-30
-
-
-def _as_mixture(model) -> Mixture:
-    if isinstance(model, Mixture):
-        return model
-    from .models import as_mixture  # the paper's MoE, rewrapped
-
-    return as_mixture(model)
-
-
-def _vectors(model: Mixture) -> list[Array]:
-    """Every vector the model reads x through (routers, group routers, expert rows), shape (·, D)."""
-    out = [unit(model.router)]
-    if model.group_router is not None:
-        out.append(unit(model.group_router))
-    out.append(model.expert.reshape(-1, model.dim))
-    return out
-
-
-def _degree(model: Mixture) -> int:
-    return int(model.expert_fn.name[2:]) if model.expert_fn.hermite else 1
 
 
 def routing_observables(student, teacher, t=None, *, nodes: int = ROUTING_NODES) -> dict[str, Array]:
@@ -105,13 +83,15 @@ def routing_observables(student, teacher, t=None, *, nodes: int = ROUTING_NODES)
         obs = R.routing_observables(student, teacher)
         obs["load"].sum()      # 1 for a softmax gate
     """
-    from .quadrature import gaussian_nodes
+    from .models import as_mixture
+    from .quadrature import _degree, _expert_vectors, _gate_vectors, gaussian_nodes
 
-    student, teacher = _as_mixture(student), _as_mixture(teacher)
+    student, teacher = as_mixture(student), as_mixture(teacher)
     if student.dim != teacher.dim:
         raise ValueError(f"student and teacher must share the dimension; got {student.dim} and {teacher.dim}")
     dim = student.dim
-    frame = jnp.concatenate(_vectors(student) + _vectors(teacher), axis=0)  # (K, D)
+    # Every vector the models read x through (routers, group routers, expert rows).
+    frame = jnp.concatenate([v for m in (student, teacher) for v in _gate_vectors(m) + [_expert_vectors(m)]])
     count = frame.shape[0]
     degree = max(_degree(student), _degree(teacher))
     if count >= dim:
