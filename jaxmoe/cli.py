@@ -59,6 +59,10 @@ def _add_problem_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rtol", type=float, default=_DEFAULTS.rtol, help="relative tolerance (default %(default)s)")
     g.add_argument("--atol", type=float, default=_DEFAULTS.atol, help="absolute tolerance (default %(default)s)")
     g.add_argument("--dt", type=float, default=None, help="fixed step (solver rk4 only)")
+    g.add_argument("--rkc-safety", type=float, default=None,
+                   help="margin on the spectral radius when RKC2 sizes its stages (solvers rkc2, auto; default 1.25)")
+    g.add_argument("--auto-switch", type=float, default=None,
+                   help="h·ρ at which solver auto hands over from Tsit5 to RKC2 (default 2.5)")
     g.add_argument("--max-steps", type=int, default=_DEFAULTS.max_steps, help="step limit per seed (default %(default)s)")
     g.add_argument("--loss-threshold", type=float, default=_DEFAULTS.loss_threshold, help="stop a seed once its loss is below this (default %(default)s)")
     g.add_argument("--no-early-stop", dest="loss_threshold", action="store_const", const=None, help="integrate every seed to t_max")
@@ -96,6 +100,8 @@ def _config_from_args(args) -> SimulationConfig:
         atol=args.atol,
         dt=args.dt,
         max_steps=args.max_steps,
+        rkc_safety=args.rkc_safety,
+        auto_switch=args.auto_switch,
         loss_threshold=args.loss_threshold,
         dtype=args.dtype,
         method=args.method,

@@ -15,7 +15,9 @@ from .families import Expert, Gate, is_classic, num_vectors
 
 __all__ = ["SimulationConfig", "SOLVERS", "TIME_GRIDS", "TEACHERS", "MODES", "DTYPES", "METHODS", "OPTIMIZERS"]
 
-SOLVERS = ("tsit5", "dopri5", "dopri8", "heun", "rk4")
+SOLVERS = ("tsit5", "dopri5", "dopri8", "heun", "rk4", "rkc2", "auto")
+# The solvers that size their stages from the spectral radius (jaxmoe.solvers.RKC2).
+STABILIZED_SOLVERS = ("rkc2", "auto")
 TIME_GRIDS = ("log", "linear")
 TEACHERS = ("random", "axis")
 MODES = ("reduced", "full")
@@ -146,6 +148,8 @@ class SimulationConfig:
     atol: float = 1e-9
     dt: float | None = None
     max_steps: int = 200_000
+    rkc_safety: float | None = None
+    auto_switch: float | None = None
     loss_threshold: float | None = 1e-6
     recovery_epsilon: float | None = None
     dtype: Literal["float64", "float32"] = "float64"
@@ -193,6 +197,20 @@ class SimulationConfig:
                 raise ValueError(f"unknown {name} {_show(value)}; allowed: {', '.join(allowed)}")
         if self.solver == "rk4" and self.dt is None:
             raise ValueError("solver 'rk4' takes a fixed step: set dt > 0")
+        if self.rkc_safety is not None:
+            if self.solver not in STABILIZED_SOLVERS:
+                raise ValueError(
+                    f"rkc_safety applies to the solvers {', '.join(STABILIZED_SOLVERS)}; got solver {self.solver!r}"
+                )
+            if not _is_finite_real(self.rkc_safety) or self.rkc_safety < 1:
+                raise ValueError(f"rkc_safety must be a finite number ≥ 1; got {_show(self.rkc_safety)}")
+        if self.auto_switch is not None:
+            if self.solver != "auto":
+                raise ValueError(f"auto_switch applies to the solver 'auto' only; got solver {self.solver!r}")
+            if not _is_finite_real(self.auto_switch) or not 0 < self.auto_switch <= 3.5:
+                raise ValueError(
+                    f"auto_switch must be in (0, 3.5] (h·ρ where Tsit5 hands over to RKC2); got {_show(self.auto_switch)}"
+                )
         for name, value in (("method", self.method), ("optimizer", self.optimizer)):
             allowed = METHODS if name == "method" else OPTIMIZERS
             if not isinstance(value, str) or value not in allowed:

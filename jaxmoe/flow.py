@@ -32,9 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import SimulationConfig
-from .devices import blocks_per_device, in_blocks, num_devices, seed_block, shard_index, shard_seeds
-from .models import Model, model_loss
+from .devices import blocks_per_device, in_blocks, num_devices, shard_index, shard_seeds, solve_block
+from .models import Model, expert_alignment, model_loss, router_alignment
 from .observables import observe
+from .solvers import RKC2, AuxTerm, Tracked, state_norm
 
 __all__ = ["integrate", "time_grid", "vector_field"]
 
@@ -119,11 +120,11 @@ class _Spec(NamedTuple):
     dt: float | None
     max_steps: int
     progress: bool
-    block: int | None  # seeds per vmapped block (`devices.seed_block`); None: all at once
-    # Whether the stop event needs the observables (a loss threshold or a
-    # recovery stop); without, it checks the state for non-finite values
-    # only, and the solve compiles one loss evaluation fewer.
-    stop_on_observables: bool = True
+    block: int | None  # seeds per vmapped block (`devices.solve_block`); None: all at once
+    recovery_stop: bool  # whether the stop event checks full recovery (needs the alignments)
+    save_states: bool  # save the state at the saved times and observe after the solve
+    rkc_safety: float = 1.25
+    auto_switch: float = 2.5
 
 
 def _status_code(result) -> jax.Array:
@@ -146,6 +147,7 @@ class _Progress:
         self.bar = None
         self.done = np.zeros(0)  # per device: finished blocks + fraction of the current one
         self.last = np.zeros(0)
+        self.phase = np.zeros(0, int)
         self.blocks = 1
         self.lock = threading.Lock()  # devices report from their own threads
 
@@ -154,19 +156,22 @@ class _Progress:
         import tqdm
 
         self.done, self.last, self.blocks = np.zeros(devices), np.zeros(devices), blocks
+        self.phase = np.zeros(devices, int)
         self.bar = tqdm.tqdm(total=100, unit="%", bar_format="{percentage:.2f}%|{bar}| [{elapsed}<{remaining}]")
 
-    def report(self, device, fraction):
-        fraction = float(fraction)
+    def report(self, device, phase, fraction):
+        fraction, phase = float(fraction), int(phase)
         with self.lock:
             if self.bar is None or not np.isfinite(fraction):
                 return
             device = int(device)
-            # Within a block the slowest running seed only moves forward, so a
-            # step back means the device has started its next block.
-            if fraction < self.last[device] and self.done[device] < self.blocks - 1:
+            # Within a block and a phase of the solve the slowest running seed
+            # only moves forward, so a step back, or a return to the first
+            # phase, means the device has started its next block.
+            back = phase < self.phase[device] or (phase == self.phase[device] and fraction < self.last[device])
+            if back and self.done[device] < self.blocks - 1:
                 self.done[device] = np.floor(self.done[device]) + 1
-            self.last[device] = fraction
+            self.last[device], self.phase[device] = fraction, phase
             self.done[device] = max(self.done[device], np.floor(self.done[device]) + fraction)
             self.bar.n = round(100 * float(self.done.min()) / self.blocks, 2)
             self.bar.refresh()
@@ -193,8 +198,14 @@ class _SlowestSeedMeter(diffrax.AbstractProgressMeter):
     frozen state while the loop body still runs for it; counting it would
     freeze the bar at the first seed to stop. Its step counter is frozen too,
     so the seeds still running are those whose counter equals the largest.
+
+    `start` is where this solve begins, as a fraction of t_max (the second
+    phase of ``solver="auto"`` starts where the first stopped), so that the
+    bar shows the fraction of the whole run.
     """
 
+    start: jax.Array | float = 0.0
+    phase: int = 0
     refresh_steps: int = 50
 
     def init(self):
@@ -202,12 +213,13 @@ class _SlowestSeedMeter(diffrax.AbstractProgressMeter):
 
     def step(self, state, progress):
         count, block = state
+        progress = self.start + (1.0 - self.start) * progress
         newest = eqxi.unvmap_max(count)
         due = eqxi.nonbatchable(newest % self.refresh_steps == 0)
         slowest = -eqxi.unvmap_max(jnp.where(count == newest, -progress, -jnp.inf))
         jax.lax.cond(
             due,
-            lambda: jax.debug.callback(_progress.report, eqxi.unvmap_max(block), slowest),
+            lambda: jax.debug.callback(_progress.report, eqxi.unvmap_max(block), self.phase, slowest),
             lambda: None,
         )
         return count + 1, block
@@ -216,10 +228,26 @@ class _SlowestSeedMeter(diffrax.AbstractProgressMeter):
         del state  # `integrate` closes the host bar once every device is done
 
 
+def _solver(name: str, spec: _Spec, *, stiffness: float | None = None) -> Tracked:
+    """The diffrax solver for `name`, wrapped so that the state carries the loss (`solvers.Tracked`)."""
+    if name == "rkc2":
+        inner = RKC2(safety=spec.rkc_safety)
+    else:
+        inner = _SOLVERS[name]()
+    return Tracked(inner, stiffness=stiffness)
+
+
+def _field(t, student, teacher):
+    """``(−∇L, aux)``: the gradient flow and, from the same evaluation, the loss (`solvers.AuxTerm`)."""
+    loss, gradient = jax.value_and_grad(model_loss)(student, teacher, t)
+    rate = jax.tree_util.tree_map(jnp.negative, gradient)
+    return rate, {"loss": loss, "stiff": jnp.zeros_like(loss)}
+
+
 @functools.lru_cache(maxsize=32)
 def _compiled_solve(spec: _Spec):
     """One jitted, seed-vmapped solve per static specification."""
-    solver = _SOLVERS[spec.solver]()
+    term = AuxTerm(_field)
 
     def controller(t_max):
         if spec.solver == "rk4":
@@ -227,57 +255,103 @@ def _compiled_solve(spec: _Spec):
         # A non-finite trial step is rejected and the step shrunk; dtmin turns
         # that collapse into a prompt stop instead of spinning to max_steps.
         # (Traced, not static, so that one compiled solve serves every t_max.)
+        # The norm reads the student only: the loss carried beside it is not integrated.
         return diffrax.PIDController(
-            rtol=spec.rtol, atol=spec.atol, pcoeff=0.3, icoeff=0.3, dtmin=1e-12 * t_max
+            rtol=spec.rtol, atol=spec.atol, pcoeff=0.3, icoeff=0.3, dtmin=1e-12 * t_max, norm=state_norm
         )
 
-    def field(t, y, teacher):
-        return vector_field(y, teacher, t)
+    def stop(t, y, teacher, threshold, recovered_at, switch=False, **kwargs):
+        # Checked after every accepted step, on the loss the step's last
+        # vector-field evaluation gave: converged (loss below the threshold,
+        # or every teacher expert recovered in expert and router alignment),
+        # or broken beyond repair; in the first phase of "auto", also once the
+        # steps are stability-limited.
+        student, aux = y
+        loss = aux["loss"]
+        done = (loss < threshold) | ~jnp.isfinite(loss)
+        if spec.recovery_stop:
+            recovered = jnp.all(jnp.max(expert_alignment(student, teacher), axis=0) >= recovered_at) & jnp.all(
+                jnp.max(router_alignment(student, teacher), axis=0) >= recovered_at
+            )
+            done = done | recovered
+        if switch:
+            done = done | (aux["stiff"] > 0)
+        return done
 
-    def observables(t, y, teacher):
-        return observe(y, teacher, t)
+    def save_fn(t, y, teacher):
+        return y[0] if spec.save_states else observe(y[0], teacher, t)
 
-    def stop(t, y, teacher, threshold, recovered_at, **kwargs):
-        # Checked after every accepted step: converged (loss below the
-        # threshold, or every teacher expert recovered in expert and router
-        # alignment), or broken beyond repair.
-        if not spec.stop_on_observables:
-            finite = jnp.asarray(True)
-            for leaf in jax.tree_util.tree_leaves(y):
-                finite = finite & jnp.isfinite(leaf).all()
-            return ~finite
-        obs = observe(y, teacher, t)
-        loss = obs["loss"]
-        recovered = jnp.all(jnp.max(obs["expert_alignment"], axis=0) >= recovered_at) & jnp.all(
-            jnp.max(obs["router_alignment"], axis=0) >= recovered_at
-        )
-        return (loss < threshold) | recovered | ~jnp.isfinite(loss)
-
-    def solve_one(student0, teacher, times, threshold, recovered_at):
-        saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=times, fn=observables), diffrax.SubSaveAt(t1=True)])
-        event = diffrax.Event(functools.partial(stop, threshold=threshold, recovered_at=recovered_at))
-        solution = diffrax.diffeqsolve(
-            diffrax.ODETerm(field),
+    def phase(solver, y0, teacher, t0, times, threshold, recovered_at, switch, start, index=0):
+        saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=times, fn=save_fn), diffrax.SubSaveAt(t1=True)])
+        event = diffrax.Event(functools.partial(stop, threshold=threshold, recovered_at=recovered_at, switch=switch))
+        return diffrax.diffeqsolve(
+            term,
             solver,
-            t0=times[0],
+            t0=t0,
             t1=times[-1],
             dt0=spec.dt,
-            y0=student0,
+            y0=y0,
             args=teacher,
             saveat=saveat,
             stepsize_controller=controller(times[-1]),
             max_steps=spec.max_steps,
             event=event,
             throw=False,
-            progress_meter=_SlowestSeedMeter() if spec.progress else diffrax.NoProgressMeter(),
+            progress_meter=_SlowestSeedMeter(start=start, phase=index) if spec.progress else diffrax.NoProgressMeter(),
         )
-        saved_ts, final_ts = solution.ts
-        saved, student = solution.ys
-        student = jax.tree_util.tree_map(lambda x: x[0], student)  # the t1 save has a length-1 time axis
-        status = _status_code(solution.result)
+
+    def solve_one(student0, teacher, times, threshold, recovered_at):
+        loss0 = model_loss(student0, teacher, times[0])
+        y0 = (student0, {"loss": loss0, "stiff": jnp.zeros_like(loss0)})
+        if spec.solver != "auto":
+            solution = phase(_solver(spec.solver, spec), y0, teacher, times[0], times, threshold, recovered_at, False, 0.0)
+            saved_ts, final_ts = solution.ts
+            saved, final = solution.ys
+            result, num_steps = solution.result, solution.stats["num_steps"]
+        else:
+            # Tsit5 while its steps are set by accuracy, then RKC2 from the
+            # first stability-limited step on (docs/solvers.md).
+            first = phase(
+                _solver("tsit5", spec, stiffness=spec.auto_switch), y0, teacher, times[0], times, threshold,
+                recovered_at, True, 0.0,
+            )
+            ts1, final_ts1 = first.ts
+            saved1, final1 = first.ys
+            y_switch = jax.tree_util.tree_map(lambda x: x[0], final1)
+            switched = (first.result == diffrax.RESULTS.event_occurred) & (y_switch[1]["stiff"] > 0)
+            switched = switched & ~stop(final_ts1[0], y_switch, teacher, threshold, recovered_at)
+            # A seed that has stopped runs an empty second phase (t0 = t_max).
+            t_switch = jnp.where(switched, final_ts1[0], times[-1])
+            second = phase(
+                _solver("rkc2", spec), y_switch, teacher, t_switch, jnp.maximum(times, t_switch), threshold,
+                recovered_at, False, t_switch / times[-1], 1,
+            )
+            ts2, final_ts2 = second.ts
+            saved2, final2 = second.ys
+            first_part = jnp.isfinite(ts1)
+            saved_ts = jnp.where(first_part, ts1, jnp.where(switched, ts2, ts1))
+
+            def pick(a, b):
+                mask = first_part.reshape(first_part.shape + (1,) * (a.ndim - 1))
+                return jnp.where(mask | ~switched, a, b)
+
+            saved = jax.tree_util.tree_map(pick, saved1, saved2)
+            final = jax.tree_util.tree_map(lambda a, b: jnp.where(switched, b, a), final1, final2)
+            final_ts = jnp.where(switched, final_ts2, final_ts1)
+            result = diffrax.RESULTS.where(switched, second.result, first.result)
+            num_steps = first.stats["num_steps"] + jnp.where(switched, second.stats["num_steps"], 0)
+        student = jax.tree_util.tree_map(lambda x: x[0], final[0])  # the t1 save has a length-1 time axis
+        status = _status_code(result)
         # Times a seed never reached come back as inf. After an early stop they
         # hold the stopped state; after a failure they are NaN.
         reached = jnp.isfinite(saved_ts)
+        if spec.save_states:
+            # Observed after the solve, all saved times at once: inside the
+            # solver loop each save would be a separate small evaluation.
+            states = jax.tree_util.tree_map(
+                lambda x: jnp.where(reached.reshape(reached.shape + (1,) * (x.ndim - 1)), x, 0), saved
+            )
+            saved = _observe_times(states, teacher, jnp.where(reached, saved_ts, 0))
         final_obs = observe(student, teacher, final_ts[0])
 
         def fill(x, last):
@@ -290,13 +364,43 @@ def _compiled_solve(spec: _Spec):
         for leaf in jax.tree_util.tree_leaves(student):
             finite = finite & jnp.isfinite(leaf).all()
         status = jnp.where((status <= 1) & ~finite, 3, status)
-        return saved, student, final_ts[0], solution.stats["num_steps"], status
+        return saved, student, final_ts[0], num_steps, status
 
-    batched = jax.vmap(solve_one, in_axes=(0, 0, None, None, None))
+    vmapped = jax.vmap(solve_one, in_axes=(0, 0, None, None, None))
+
+    def batched(student, teacher, *shared):
+        if student.router.shape[0] == 1:
+            # One seed: solve it without vmap, whose batching rules turn every
+            # branch of diffrax's loop into a select (measured: 20% a step).
+            one = jax.tree_util.tree_map(lambda x: x[0], (student, teacher))
+            return jax.tree_util.tree_map(lambda x: x[None], solve_one(*one, *shared))
+        return vmapped(student, teacher, *shared)
+
     # Student and teacher carry the seed axis; times and thresholds are shared.
     # Each device runs its seeds in blocks (one block on an accelerator); a
     # block's while loop ends when its own seeds are done.
     return shard_seeds(in_blocks(jax.jit(batched), 2, spec.block), num_batched=2)
+
+
+def _observe_times(states: Model, teacher: Model, ts) -> dict:
+    """`observe` at every saved time, a few times at once (measured on a CPU at
+    the Figure 1 size: 4 at a time 0.08 s for 301 times, one at a time 0.11 s,
+    all at once 1.2 s, where the routing quadrature's nodes fall out of cache)."""
+    per_call = 4
+    count = ts.shape[0]
+    pad = -count % per_call
+    chunks = jax.tree_util.tree_map(
+        lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]).reshape((-1, per_call) + x.shape[1:]),
+        (states, ts),
+    )
+    out = jax.lax.map(lambda c: jax.vmap(observe, in_axes=(0, None, 0))(c[0], teacher, c[1]), chunks)
+    return jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:])[:count], out)
+
+
+# Above this many saved numbers per seed (state size × saved times) the
+# observables are computed inside the solve instead (e.g. full coordinates at
+# large d), so that the saved states never take much memory.
+_SAVED_STATE_BUDGET = 2_000_000
 
 
 def integrate(config: SimulationConfig, teacher: Model, student: Model, times: np.ndarray, *, progress: bool = False) -> dict:
@@ -334,6 +438,7 @@ def integrate(config: SimulationConfig, teacher: Model, student: Model, times: n
             f"rk4 with dt = {config.dt} needs {int(np.ceil(config.t_max / config.dt))} steps; "
             f"max_steps is {config.max_steps}"
         )
+    state_size = sum(int(np.prod(np.shape(leaf)[1:])) for leaf in jax.tree_util.tree_leaves(student))
     spec = _Spec(
         solver=config.solver,
         rtol=config.rtol,
@@ -341,8 +446,11 @@ def integrate(config: SimulationConfig, teacher: Model, student: Model, times: n
         dt=config.dt,
         max_steps=config.max_steps,
         progress=progress,
-        block=seed_block(config.m, config.m_star),
-        stop_on_observables=config.loss_threshold is not None or config.recovery_epsilon is not None,
+        block=solve_block(),
+        recovery_stop=config.recovery_epsilon is not None,
+        save_states=state_size * len(times) <= _SAVED_STATE_BUDGET,
+        rkc_safety=1.25 if config.rkc_safety is None else config.rkc_safety,
+        auto_switch=2.5 if config.auto_switch is None else config.auto_switch,
     )
     dtype = student.router.dtype
     # Without a threshold the stopping event still catches non-finite seeds.

@@ -122,8 +122,8 @@ def test_seed_blocks_give_the_whole_batch_result(monkeypatch, capsys):
     config = jaxmoe.SimulationConfig(d=12, m=3, m_star=2, seeds=5, t_max=3.0, num_times=5)
     online = config.replace(method="online", batch_size=8, t_max=0.5, learning_rate=0.05)
     whole = {"flow": jaxmoe.simulate(config), "online": jaxmoe.simulate(online)}
-    for module in (jaxmoe.flow, jaxmoe.discrete):
-        monkeypatch.setattr(module, "seed_block", lambda m, m_star: 2)
+    monkeypatch.setattr(jaxmoe.flow, "solve_block", lambda: 2)
+    monkeypatch.setattr(jaxmoe.discrete, "seed_block", lambda m, m_star: 2)
     capsys.readouterr()
     blocked = {"flow": jaxmoe.simulate(config, progress=True), "online": jaxmoe.simulate(online, progress=True)}
     err = capsys.readouterr().err
@@ -139,7 +139,7 @@ def test_seed_blocks_give_the_whole_batch_result(monkeypatch, capsys):
 def test_in_blocks_pads_and_trims():
     import jax.numpy as jnp
 
-    from jaxmoe.devices import in_blocks, seed_block
+    from jaxmoe.devices import in_blocks, seed_block, solve_block
 
     f = in_blocks(lambda x, y: (jnp.sin(x) + y, x[:, :0]), 1, block=4)
     x = jnp.arange(20.0).reshape(10, 2)
@@ -147,3 +147,4 @@ def test_in_blocks_pads_and_trims():
     np.testing.assert_allclose(out, jnp.sin(x) + 1.0, rtol=1e-15)
     assert empty.shape == (10, 0)
     assert seed_block(25, 5, "cpu") == 16 and seed_block(4, 2, "cpu") == 400 and seed_block(25, 5, "gpu") is None
+    assert solve_block("cpu") == 1 and solve_block("gpu") is None
