@@ -91,10 +91,19 @@ class SimulationConfig:
 
     - `t_max`: end time; `num_times` saved times on a `time_grid` (``"log"``:
       0 then geometric from ``t_max·t_first`` to `t_max`; ``"linear"``).
-    - `solver`: an adaptive Runge–Kutta method of diffrax (``"tsit5"`` …),
-      with PID step control at relative/absolute tolerances `rtol`, `atol`;
-      `max_steps` per seed. ``"rk4"`` is the classical fixed-step method with
-      step `dt` (for tests and comparisons).
+    - `solver`: ``"auto"`` (default): Tsit5 until its steps are
+      stability-limited (``h·ρ ≥ auto_switch``, ρ the spectral radius of
+      ∇²L), then the stabilized second-order Runge–Kutta–Chebyshev method
+      ``"rkc2"`` (`jaxmoe.solvers`; docs/solvers.md); ``"rkc2"`` throughout;
+      or an explicit Runge–Kutta method of diffrax (``"tsit5"``,
+      ``"dopri5"``, ``"dopri8"``, ``"heun"``). All with PID step control at
+      relative/absolute tolerances `rtol`, `atol` (the default 1e-7 gives
+      the second-order auto solver the accuracy Tsit5 has at 1e-6);
+      `max_steps` per seed (for ``"auto"``, per phase). ``"rk4"`` is the
+      classical fixed-step method with step `dt` (for tests and comparisons).
+    - `rkc_safety`: margin on ρ when RKC2 sizes its stages (rkc2, auto;
+      ``None``: 1.25); `auto_switch`: the ``h·ρ`` at which auto hands over
+      (auto only; ``None``: 2.5; Tsit5's real stability limit is about 3.5).
     - `loss_threshold`: stop a seed early once its loss falls below this
       (``None``: never). The default run (the paper's Figure 1 setting) stops
       each seed at L < 1e-6 or t = 1000, by when every seed has recovered
@@ -143,9 +152,9 @@ class SimulationConfig:
     num_times: int = 301
     time_grid: Literal["log", "linear"] = "log"
     t_first: float = 1e-3
-    solver: str = "tsit5"
-    rtol: float = 1e-6
-    atol: float = 1e-9
+    solver: str = "auto"
+    rtol: float = 1e-7
+    atol: float = 1e-10
     dt: float | None = None
     max_steps: int = 200_000
     rkc_safety: float | None = None

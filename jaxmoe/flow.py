@@ -5,18 +5,22 @@ The whole simulation, top to bottom:
 1. each seed draws a teacher and a student from its own key (`init.py`);
 2. the vector field is ``dθ/dt = −∇L(θ)``, with L the exact population loss
    (`population.py`) — no sampling anywhere;
-3. diffrax integrates it with an adaptive Runge–Kutta method and PID step
-   control, one solve per seed under `jax.vmap`, compiled once; with several
-   local devices the seeds are split between them (`devices.shard_seeds`),
-   each device running its own solve;
-4. only the observables (`observables.py`) are saved, at the requested times,
-   plus each seed's initial and final student so the run can be replayed.
+3. diffrax integrates it, one solve per seed, compiled once: by default
+   Tsit5 until its steps are stability-limited, then the stabilized
+   Runge–Kutta–Chebyshev method RKC2 (`solvers.py`, docs/solvers.md), with
+   PID step control. The state carries the loss of the solver's last
+   vector-field evaluation beside the student (`solvers.AuxTerm`), so the
+   stop event costs nothing. On an accelerator the seeds are vmapped (and
+   split over the local devices, `devices.shard_seeds`); on a CPU they are
+   solved one at a time (`devices.solve_block`);
+4. the state is saved at the requested times and the observables
+   (`observables.py`) are computed from it after the solve, plus each seed's
+   initial and final student so the run can be replayed.
 
 `jaxmoe.simulate` (simulation.py) draws the seeds and calls `integrate`.
 A seed that hits the step limit or becomes non-finite is flagged in
 `Result.status` (see `jaxmoe.results.STATUS_NAMES`); the other seeds are
-unaffected (each lane of the vmapped solve keeps its own step size and stops
-on its own).
+unaffected (each seed keeps its own step size and stops on its own).
 """
 
 from __future__ import annotations
@@ -383,10 +387,11 @@ def _compiled_solve(spec: _Spec):
 
 
 def _observe_times(states: Model, teacher: Model, ts) -> dict:
-    """`observe` at every saved time, a few times at once (measured on a CPU at
-    the Figure 1 size: 4 at a time 0.08 s for 301 times, one at a time 0.11 s,
-    all at once 1.2 s, where the routing quadrature's nodes fall out of cache)."""
-    per_call = 4
+    """`observe` at every saved time, a few times at once. Measured on a CPU at
+    the Figure 1 size, 301 times inside a whole solve: 8 at a time 0.16 s (4:
+    0.19 s, 1: 0.27 s), all at once 0.89 s, where the routing quadrature's
+    intermediates (4096 nodes × experts, per time) fall out of the caches."""
+    per_call = 8
     count = ts.shape[0]
     pad = -count % per_call
     chunks = jax.tree_util.tree_map(

@@ -101,6 +101,8 @@ def valid_kwargs(draw) -> dict:
         rtol=draw(positive_real),
         atol=draw(positive_real),
         dt=dt,
+        rkc_safety=draw(st.none() | st.floats(1.0, 1e6)) if solver in ("rkc2", "auto") else None,
+        auto_switch=draw(st.none() | st.floats(0.0, 3.5, exclude_min=True)) if solver == "auto" else None,
         max_steps=draw(st.integers(1, 2**40)),
         loss_threshold=draw(st.one_of(st.none(), positive_real)),
         recovery_epsilon=draw(st.one_of(st.none(), open_unit)),
@@ -189,6 +191,11 @@ INVALID = {
     "t_first": bad_open_unit | st.none(),
     "recovery_epsilon": bad_open_unit,
     "momentum": bad_momentum,
+    # Invalid for every solver (a solver that does not use them refuses any value).
+    "rkc_safety": st.one_of(st.floats(max_value=1.0, exclude_max=True), st.integers(max_value=0), non_finite,
+                            st.booleans(), wrong_type),
+    "auto_switch": st.one_of(st.floats(max_value=0.0), st.floats(min_value=3.5, exclude_min=True),
+                             st.integers(max_value=0), non_finite, st.booleans(), wrong_type),
     **{name: bad_name(name) for name in NAMES},
     # None means "the student's family", so it is the one non-string allowed.
     "teacher_gate": bad_name("gate").filter(lambda v: v is not None),
@@ -355,7 +362,7 @@ def test_discrete_methods_take_at_most_1e8_steps(config, method, learning_rate, 
     t_max = learning_rate * 1e8 * factor
     assume(math.isfinite(t_max) and t_max / learning_rate > 1e8)
     changes = dict(method=method, num_samples=config.num_samples or 1, learning_rate=learning_rate, t_max=t_max,
-                   dt=None, solver="tsit5")
+                   dt=None, solver="tsit5", rkc_safety=None, auto_switch=None)
     assert_rejected(lambda: config.replace(**changes), "t_max", "learning_rate")
     # The same rule does not apply to gradient flow.
     assert config.replace(**{**changes, "method": "flow"}).t_max == t_max
