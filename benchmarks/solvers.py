@@ -223,7 +223,9 @@ def run_method(setting: str, solver: str, rtol: float, ref: dict, repeats: int) 
 
 
 def targets(rows: list[dict]) -> list[str]:
-    base = next(r for r in rows if (r["solver"], r["rtol"]) == BASELINE)
+    base = next((r for r in rows if (r["solver"], r["rtol"]) == BASELINE), None)
+    if base is None:  # a partial report, before the baseline has run
+        return []
     lines = [
         f"Baseline: Tsit5 at rtol 1e-6: {base['evaluations']} evaluations, {base['wall']:.1f} s, "
         f"largest alignment error {base['alignment_error']:.1e}.",
