@@ -5,8 +5,9 @@ Run as ``python benchmarks/overhead.py``. The paper's Figure 1 setting, seed
 is checked after every step), 301 saved times. Every row solves the same
 vector field −∇L (`jaxmoe.population_loss`, `jax.grad`) with the same solver
 and step-size control (PID, pcoeff = icoeff = 0.3, rtol 1e-6, atol 1e-9),
-so every row takes the same steps; warm wall time (best of ``--repeats``)
-per solver step:
+so every row takes the same steps; warm wall time per solver step (best of ``--repeats``
+rounds in which the rows take turns, so that load on a shared machine falls
+on every row alike):
 
 - **bare**: `diffrax.diffeqsolve` of that vector field on one seed,
   ``SaveAt(t1=True)``, no event: the plain baseline.
@@ -87,34 +88,36 @@ def old_structure(solver, rtol, atol, times):
     return jax.jit(jax.vmap(one))
 
 
-def best_of(call, repeats: int) -> tuple[float, object]:
-    out = call()
-    jax.block_until_ready(out)
-    best = np.inf
+def interleaved_best(calls: dict, repeats: int) -> dict:
+    """Best wall time of each call over `repeats` rounds, the calls taking turns within a round,
+    so that a burst of load on this shared machine falls on every row alike."""
+    outputs = {}
+    for name, call in calls.items():  # compile and warm up
+        outputs[name] = jax.block_until_ready(call())
+    best = {name: np.inf for name in calls}
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = call()
-        jax.block_until_ready(out)
-        best = min(best, time.perf_counter() - start)
-    return best, out
+        for name, call in calls.items():
+            start = time.perf_counter()
+            outputs[name] = jax.block_until_ready(call())
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: (best[name], outputs[name]) for name in calls}
 
 
 def rows_for(name: str, solver, config: jaxmoe.SimulationConfig, repeats: int) -> list[dict]:
     teacher, student = init_problem(config, np.arange(1, dtype=np.int32))
     one = jax.tree_util.tree_map(lambda x: x[0], (teacher, student))
     times = jnp.asarray(jaxmoe.time_grid(config))
-    out = []
-    plain = bare(solver, config.rtol, config.atol)  # built once: each build is a new compilation
-    wall, (steps, _) = best_of(lambda: plain(one[1], one[0]), repeats)
-    out.append(dict(solver=name, row="bare diffrax", wall=wall, steps=int(steps)))
-    old = old_structure(solver, config.rtol, config.atol, times)
-    wall, (steps, _) = best_of(lambda: old(student, teacher), repeats)
-    out.append(dict(solver=name, row="old structure (plain diffrax)", wall=wall, steps=int(np.ravel(steps)[0])))
     grid = jaxmoe.time_grid(config)
-    wall, result = best_of(lambda: jaxmoe.flow.integrate(config, teacher, student, grid)["num_steps"], repeats)
-    out.append(dict(solver=name, row="jaxmoe.flow.integrate", wall=wall, steps=int(result[0])))
-    wall, result = best_of(lambda: jaxmoe.simulate(config).num_steps, repeats)
-    out.append(dict(solver=name, row="jaxmoe.simulate", wall=wall, steps=int(result[0])))
+    plain = bare(solver, config.rtol, config.atol)  # built once: each build is a new compilation
+    old = old_structure(solver, config.rtol, config.atol, times)
+    calls = {
+        "bare diffrax": lambda: plain(one[1], one[0])[0],
+        "old structure (plain diffrax)": lambda: old(student, teacher)[0],
+        "jaxmoe.flow.integrate": lambda: jaxmoe.flow.integrate(config, teacher, student, grid)["num_steps"],
+        "jaxmoe.simulate": lambda: jaxmoe.simulate(config).num_steps,
+    }
+    measured = interleaved_best(calls, repeats)
+    out = [dict(solver=name, row=row, wall=wall, steps=int(np.ravel(steps)[0])) for row, (wall, steps) in measured.items()]
     base = out[0]["wall"] / out[0]["steps"]
     for row in out:
         row["per_step_ms"] = 1e3 * row["wall"] / row["steps"]
