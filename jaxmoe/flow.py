@@ -113,6 +113,12 @@ def vector_field(student: Model, teacher: Model, t=None) -> Model:
     return _field(t, student, teacher)[0]
 
 
+# The default h·ρ at which solver "auto" hands over from Tsit5 to RKC2: a
+# little inside Tsit5's real stability interval (which ends near 3.5), while
+# its step controller still has room.
+AUTO_SWITCH = 2.5
+
+
 class _Spec(NamedTuple):
     """The static part of a configuration: what the compiled solve depends on
     (the model families are in the models' tree structure, which `jax.jit` keys on)."""
@@ -126,8 +132,8 @@ class _Spec(NamedTuple):
     block: int | None  # seeds per vmapped block (`devices.solve_block`); None: all at once
     recovery_stop: bool  # whether the stop event checks full recovery (needs the alignments)
     save_states: bool  # save the state at the saved times and observe after the solve
-    rkc_safety: float = 1.25
-    auto_switch: float = 2.5
+    rkc_safety: float | None  # None: RKC2's own default
+    auto_switch: float  # h·ρ at which "auto" hands over from Tsit5 to RKC2
 
 
 def _status_code(result) -> jax.Array:
@@ -234,7 +240,7 @@ class _SlowestSeedMeter(diffrax.AbstractProgressMeter):
 def _solver(name: str, spec: _Spec, *, stiffness: float | None = None) -> Tracked:
     """The diffrax solver for `name`, wrapped so that the state carries the loss (`solvers.Tracked`)."""
     if name == "rkc2":
-        inner = RKC2(safety=spec.rkc_safety)
+        inner = RKC2() if spec.rkc_safety is None else RKC2(safety=spec.rkc_safety)
     else:
         inner = _SOLVERS[name]()
     return Tracked(inner, stiffness=stiffness)
@@ -349,7 +355,7 @@ def _compiled_solve(spec: _Spec):
         # hold the stopped state; after a failure they are NaN.
         reached = jnp.isfinite(saved_ts)
         if spec.save_states:
-            # Observed after the solve, all saved times at once: inside the
+            # Observed after the solve, a few saved times at a time: inside the
             # solver loop each save would be a separate small evaluation.
             states = jax.tree_util.tree_map(
                 lambda x: jnp.where(reached.reshape(reached.shape + (1,) * (x.ndim - 1)), x, 0), saved
@@ -386,20 +392,18 @@ def _compiled_solve(spec: _Spec):
 
 
 def _observe_times(states: Model, teacher: Model, ts) -> dict:
-    """`observe` at every saved time, a few times at once. Measured on a CPU at
-    the Figure 1 size, 301 times inside a whole solve: 8 at a time 0.16 s (4:
-    0.19 s, 1: 0.27 s), all at once 0.89 s, where the routing quadrature's
-    intermediates (4096 nodes × experts, per time) fall out of the caches."""
-    per_call = 8
-    count = ts.shape[0]
-    pad = -count % per_call
-    chunks = jax.tree_util.tree_map(
-        lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]).reshape((-1, per_call) + x.shape[1:]),
-        (states, ts),
-    )
-    out = jax.lax.map(lambda c: jax.vmap(observe, in_axes=(0, None, 0))(c[0], teacher, c[1]), chunks)
-    return jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:])[:count], out)
+    """`observe` at every saved time, `_OBSERVED_AT_ONCE` times at once (`devices.in_blocks`).
 
+    Measured on a CPU at the Figure 1 size, 301 times inside a whole solve:
+    8 at a time 0.16 s (4: 0.19 s, 1: 0.27 s), all at once 0.89 s, where the
+    routing quadrature's intermediates (4096 nodes × experts, per time) fall
+    out of the caches.
+    """
+    at_times = jax.vmap(lambda state, t, teacher: observe(state, teacher, t), in_axes=(0, 0, None))
+    return in_blocks(at_times, 2, _OBSERVED_AT_ONCE)(states, ts, teacher)
+
+
+_OBSERVED_AT_ONCE = 8
 
 # Above this many saved numbers per seed (state size × saved times) the
 # observables are computed inside the solve instead (e.g. full coordinates at
@@ -453,8 +457,8 @@ def integrate(config: SimulationConfig, teacher: Model, student: Model, times: n
         block=solve_block(),
         recovery_stop=config.recovery_epsilon is not None,
         save_states=state_size * len(times) <= _SAVED_STATE_BUDGET,
-        rkc_safety=1.25 if config.rkc_safety is None else config.rkc_safety,
-        auto_switch=2.5 if config.auto_switch is None else config.auto_switch,
+        rkc_safety=config.rkc_safety,
+        auto_switch=AUTO_SWITCH if config.auto_switch is None else config.auto_switch,
     )
     dtype = student.router.dtype
     # Without a threshold the stopping event still catches non-finite seeds.

@@ -391,7 +391,7 @@ class Tracked(diffrax.AbstractAdaptiveSolver):
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         inner, power = solver_state
         y1, y_error, dense_info, inner1, result = self.solver.step(terms, t0, t1, y0, args, inner, made_jump)
-        f1 = _last_evaluation(inner1)
+        f1 = _last_evaluation(self.solver, inner1)
         if f1 is None:
             f1 = terms.vf(t1, y1, args)
         rate1, aux1 = f1
@@ -406,13 +406,12 @@ class Tracked(diffrax.AbstractAdaptiveSolver):
         return y1, y_error, dense_info, (inner1, power), result
 
 
-def _last_evaluation(inner_state):
-    """The vector field at the end of the step, where the inner solver keeps it."""
-    if isinstance(inner_state, tuple) and len(inner_state) == 2:
-        first, second = inner_state
-        if isinstance(second, tuple) and len(second) == 3:  # RKC2: (f1, (v, ρ, count))
-            return first
-        return second  # diffrax's FSAL Runge–Kutta methods: (first_step, f1)
+def _last_evaluation(solver, inner_state):
+    """The vector field at the end of the step, where the inner solver keeps it (else None)."""
+    if isinstance(solver, RKC2):  # (F(y1), power-iteration state)
+        return inner_state[0]
+    if isinstance(solver, diffrax.AbstractRungeKutta) and inner_state is not None:
+        return inner_state[1]  # diffrax's FSAL Runge–Kutta methods keep (first_step, F(y1))
     return None
 
 
