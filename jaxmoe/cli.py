@@ -63,6 +63,9 @@ def _add_problem_flags(p: argparse.ArgumentParser) -> None:
                    help="margin on the spectral radius when RKC2 sizes its stages (solvers rkc2, auto; default 1.25)")
     g.add_argument("--auto-switch", type=float, default=None,
                    help="h·ρ at which solver auto hands over from Tsit5 to RKC2 (default 2.5)")
+    g.add_argument("--lanes", type=int, default=None,
+                   help="seeds integrated at once per device; fewer lanes than seeds makes a queue that finished "
+                        "lanes draw from (default: 1 on a CPU, all seeds on an accelerator)")
     g.add_argument("--max-steps", type=int, default=_DEFAULTS.max_steps, help="step limit per seed (default %(default)s)")
     g.add_argument("--loss-threshold", type=float, default=_DEFAULTS.loss_threshold, help="stop a seed once its loss is below this (default %(default)s)")
     g.add_argument("--no-early-stop", dest="loss_threshold", action="store_const", const=None, help="integrate every seed to t_max")
@@ -76,6 +79,9 @@ def _add_problem_flags(p: argparse.ArgumentParser) -> None:
     precision = g.add_mutually_exclusive_group()
     precision.add_argument("--float64", dest="dtype", action="store_const", const="float64", help="double precision (default)")
     precision.add_argument("--float32", dest="dtype", action="store_const", const="float32", help="single precision")
+    precision.add_argument("--precision", dest="dtype", metavar="{float64,float32,mixed}",
+                           help="float64 (default), float32, or mixed: the vector field in float32, the state and "
+                                "the stop checks in float64 (flow only; for GPUs with slow float64)")
     p.set_defaults(dtype=_DEFAULTS.dtype)
 
 
@@ -102,6 +108,7 @@ def _config_from_args(args) -> SimulationConfig:
         max_steps=args.max_steps,
         rkc_safety=args.rkc_safety,
         auto_switch=args.auto_switch,
+        lanes=args.lanes,
         loss_threshold=args.loss_threshold,
         dtype=args.dtype,
         method=args.method,
@@ -217,7 +224,7 @@ def _out_path(args, name: str) -> Path:
 
 def _use_float64(config: SimulationConfig) -> None:
     """The command opts into float64 when the run asks for it (the library never does)."""
-    if config.dtype == "float64":
+    if config.state_dtype == "float64":
         import jax
 
         jax.config.update("jax_enable_x64", True)

@@ -141,7 +141,7 @@ def compare(
         SimulationConfig(learning_rate=eta, batch_size=batch)  # validates both
     base = config.replace(mode="full", method="flow", time_grid="linear", loss_threshold=None)
     seed_index = np.arange(base.seeds)
-    with jax.enable_x64(base.dtype == "float64"):
+    with jax.enable_x64(base.state_dtype == "float64"):
         teacher, student = init_problem(base, seed_index.astype(np.int32))
         span = project_to_span(teacher, student)
     rows, results = [], {}

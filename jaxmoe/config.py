@@ -21,7 +21,7 @@ STABILIZED_SOLVERS = ("rkc2", "auto")
 TIME_GRIDS = ("log", "linear")
 TEACHERS = ("random", "axis")
 MODES = ("reduced", "full")
-DTYPES = ("float64", "float32")
+DTYPES = ("float64", "float32", "mixed")
 METHODS = ("flow", "optax", "online", "dataset")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop")
 # Optimisers whose update commutes with rotations of the coordinates: they can
@@ -111,7 +111,16 @@ class SimulationConfig:
     - `recovery_epsilon`: if set, also stop a seed once every teacher expert
       is recovered, in expert *and* router alignment: ``max_i w̄_i·w̄*_j ≥ 1 − ε``
       and ``max_i v̄_i·v̄*_j ≥ 1 − ε`` for every j (flow only).
-    - `dtype`: ``"float64"`` (default) or ``"float32"``.
+    - `dtype`: ``"float64"`` (default), ``"float32"``, or ``"mixed"`` (flow
+      only): the vector field in float32, the state, the solver's
+      arithmetic, the saved observables and the stop checks in float64
+      (docs/solvers.md, "Precision").
+    - `lanes`: seeds integrated at once on each device (flow only). With
+      fewer lanes than seeds, the seeds form a queue and a lane that
+      finishes its seed takes the next one (the seed pool, `jaxmoe.pool`),
+      so a batch is not held back by its slowest seed. ``None`` (default):
+      one seed at a time on a CPU (where batching does not pay), every seed
+      at once on an accelerator.
 
     **Method** (DESIGN §4: every method reports on the gradient-flow time axis):
 
@@ -159,6 +168,7 @@ class SimulationConfig:
     max_steps: int = 200_000
     rkc_safety: float | None = None
     auto_switch: float | None = None
+    lanes: int | None = None
     loss_threshold: float | None = 1e-6
     recovery_epsilon: float | None = None
     dtype: Literal["float64", "float32"] = "float64"
@@ -232,6 +242,12 @@ class SimulationConfig:
             raise ValueError(f"batch_size must be an integer ≥ 1; got {_show(self.batch_size)}")
         if self.num_samples is not None and (not _is_int(self.num_samples) or self.num_samples < 1):
             raise ValueError(f"num_samples must be an integer ≥ 1; got {_show(self.num_samples)}")
+        if self.lanes is not None and (not _is_int(self.lanes) or self.lanes < 1):
+            raise ValueError(f"lanes must be an integer ≥ 1 or None; got {_show(self.lanes)}")
+        if self.method != "flow" and self.lanes is not None:
+            raise ValueError(f"lanes applies to method 'flow' only; got method {self.method!r}")
+        if self.method != "flow" and self.dtype == "mixed":
+            raise ValueError(f"dtype 'mixed' applies to method 'flow' only; got method {self.method!r}")
         if self.method == "dataset" and self.num_samples is None:
             raise ValueError("method 'dataset' needs num_samples, the size of the training set")
         if self.method != "flow" and self.t_max / self.learning_rate > 1e8:
@@ -299,6 +315,11 @@ class SimulationConfig:
         teacher_gate = gate if self.teacher_gate is None else Gate.from_string(self.teacher_gate)
         teacher_expert = expert if self.teacher_expert is None else Expert.from_string(self.teacher_expert)
         return gate, expert, teacher_gate, teacher_expert
+
+    @property
+    def state_dtype(self) -> str:
+        """The dtype of the integrated state: float64 for ``dtype="mixed"``, else `dtype`."""
+        return "float64" if self.dtype == "mixed" else self.dtype
 
     def replace(self, **changes) -> "SimulationConfig":
         """A copy with some fields changed (validated again)."""

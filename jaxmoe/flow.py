@@ -39,6 +39,7 @@ from .config import SimulationConfig
 from .devices import blocks_per_device, in_blocks, num_devices, shard_index, shard_seeds, solve_block
 from .models import Model, expert_alignment, model_loss, router_alignment
 from .observables import observe
+from .pool import Phase, pool_solve
 from .solvers import RKC2, AuxTerm, Tracked, state_norm
 
 __all__ = ["integrate", "time_grid", "vector_field"]
@@ -134,6 +135,8 @@ class _Spec(NamedTuple):
     save_states: bool  # save the state at the saved times and observe after the solve
     rkc_safety: float | None  # None: RKC2's own default
     auto_switch: float  # h·ρ at which "auto" hands over from Tsit5 to RKC2
+    lanes: int | None  # seeds integrated at once by the seed pool (`pool.py`); None: no pool
+    mixed: bool  # the vector field in float32, the state and the stop checks in float64
 
 
 def _status_code(result) -> jax.Array:
@@ -168,6 +171,21 @@ class _Progress:
         self.phase = np.zeros(devices, int)
         self.bar = tqdm.tqdm(total=100, unit="%", bar_format="{percentage:.2f}%|{bar}| [{elapsed}<{remaining}]")
 
+    def open_seeds(self, devices: int, seeds: int):
+        """A bar of finished seeds (the seed pool), each device reporting its own count."""
+        import tqdm
+
+        self.done = np.zeros(devices)
+        self.bar = tqdm.tqdm(total=seeds, unit="seed", bar_format="{n:.0f}/{total} seeds|{bar}| [{elapsed}<{remaining}]")
+
+    def report_seeds(self, device, count):
+        with self.lock:
+            if self.bar is None:
+                return
+            self.done[int(device)] = float(count)
+            self.bar.n = float(self.done.sum())
+            self.bar.refresh()
+
     def report(self, device, phase, fraction):
         fraction, phase = float(fraction), int(phase)
         with self.lock:
@@ -189,7 +207,7 @@ class _Progress:
         with self.lock:
             if self.bar is not None:
                 if finished:  # seeds that stopped early count as done
-                    self.bar.n = 100
+                    self.bar.n = self.bar.total
                 self.bar.close()
                 self.bar = None
 
@@ -239,11 +257,14 @@ class _SlowestSeedMeter(diffrax.AbstractProgressMeter):
 
 def _solver(name: str, spec: _Spec, *, stiffness: float | None = None) -> Tracked:
     """The diffrax solver for `name`, wrapped so that the state carries the loss (`solvers.Tracked`)."""
+    # With the field in float32 the power iteration's finite difference must
+    # be sized for float32 rounding, not for the float64 state.
+    eps = float(np.finfo(np.float32).eps) if spec.mixed else None
     if name == "rkc2":
-        inner = RKC2() if spec.rkc_safety is None else RKC2(safety=spec.rkc_safety)
+        inner = RKC2(difference_eps=eps) if spec.rkc_safety is None else RKC2(safety=spec.rkc_safety, difference_eps=eps)
     else:
         inner = _SOLVERS[name]()
-    return Tracked(inner, stiffness=stiffness)
+    return Tracked(inner, stiffness=stiffness, difference_eps=eps)
 
 
 def _field(t, student, teacher):
@@ -253,10 +274,27 @@ def _field(t, student, teacher):
     return rate, {"loss": loss, "stiff": jnp.zeros_like(loss)}
 
 
+def _field_mixed(t, student, teacher):
+    """`_field` evaluated in float32 on a float64 state; the rate and loss come back as float64.
+
+    The solver's linear combinations, the error norm, the saved states and
+    the stop checks stay in float64; only the kernel (nearly all the work)
+    runs in float32. The loss returned here is float32-accurate, about 1e-7
+    of the O(m + m*) terms it is a difference of, so the stop event
+    recomputes it in float64 near the threshold (`_compiled_solve`).
+    """
+    wide = jax.tree_util.tree_leaves(student)[0].dtype
+    narrow = lambda tree: jax.tree_util.tree_map(
+        lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
+    rate, aux = _field(None if t is None else jnp.asarray(t, jnp.float32), narrow(student), narrow(teacher))
+    return jax.tree_util.tree_map(lambda x: x.astype(wide), (rate, aux))
+
+
 @functools.lru_cache(maxsize=32)
 def _compiled_solve(spec: _Spec):
-    """One jitted, seed-vmapped solve per static specification."""
-    term = AuxTerm(_field)
+    """One jitted, seed-batched solve per static specification."""
+    term = AuxTerm(_field_mixed if spec.mixed else _field)
 
     def controller(t_max):
         if spec.solver == "rk4":
@@ -277,6 +315,15 @@ def _compiled_solve(spec: _Spec):
         # steps are stability-limited.
         student, aux = y
         loss = aux["loss"]
+        if spec.mixed:
+            # The carried loss is float32-accurate: within a wide margin of
+            # the threshold, decide on the float64 loss. Gated for the whole
+            # batch (under vmap a per-seed cond would evaluate it always).
+            margin = 1e-4 * (student.router.shape[-2] + teacher.router.shape[-2])
+            near = loss < threshold + margin
+            loss = jax.lax.cond(
+                eqxi.unvmap_any(near), lambda: jnp.where(near, model_loss(student, teacher, t), loss), lambda: loss
+            )
         done = (loss < threshold) | ~jnp.isfinite(loss)
         if spec.recovery_stop:
             recovered = jnp.all(jnp.max(expert_alignment(student, teacher), axis=0) >= recovered_at) & jnp.all(
@@ -289,6 +336,15 @@ def _compiled_solve(spec: _Spec):
 
     def save_fn(t, y, teacher):
         return y[0] if spec.save_states else observe(y[0], teacher, t)
+
+    def initial(student0, teacher, t0):
+        loss0 = model_loss(student0, teacher, t0)
+        return student0, {"loss": loss0, "stiff": jnp.zeros_like(loss0)}
+
+    def switches(t, y, teacher, result, threshold, recovered_at):
+        """After the first phase of "auto": whether the seed goes on with RKC2 (it became stiff, not done)."""
+        stiff = (result == diffrax.RESULTS.event_occurred) & (y[1]["stiff"] > 0)
+        return stiff & ~stop(t, y, teacher, threshold, recovered_at)
 
     def phase(solver, y0, teacher, t0, times, threshold, recovered_at, switch, start, index=0):
         saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=times, fn=save_fn), diffrax.SubSaveAt(t1=True)])
@@ -309,47 +365,50 @@ def _compiled_solve(spec: _Spec):
             progress_meter=_SlowestSeedMeter(start=start, phase=index) if spec.progress else diffrax.NoProgressMeter(),
         )
 
-    def solve_one(student0, teacher, times, threshold, recovered_at):
-        loss0 = model_loss(student0, teacher, times[0])
-        y0 = (student0, {"loss": loss0, "stiff": jnp.zeros_like(loss0)})
+    def integrate_one(student0, teacher, times, threshold, recovered_at):
+        """One seed by `diffrax.diffeqsolve`: saved times and values, final time and student, result, steps."""
+        y0 = initial(student0, teacher, times[0])
         if spec.solver != "auto":
             solution = phase(_solver(spec.solver, spec), y0, teacher, times[0], times, threshold, recovered_at, False, 0.0)
             saved_ts, final_ts = solution.ts
             saved, final = solution.ys
-            result, num_steps = solution.result, solution.stats["num_steps"]
-        else:
-            # Tsit5 while its steps are set by accuracy, then RKC2 from the
-            # first stability-limited step on (docs/solvers.md).
-            first = phase(
-                _solver("tsit5", spec, stiffness=spec.auto_switch), y0, teacher, times[0], times, threshold,
-                recovered_at, True, 0.0,
-            )
-            ts1, final_ts1 = first.ts
-            saved1, final1 = first.ys
-            y_switch = jax.tree_util.tree_map(lambda x: x[0], final1)
-            switched = (first.result == diffrax.RESULTS.event_occurred) & (y_switch[1]["stiff"] > 0)
-            switched = switched & ~stop(final_ts1[0], y_switch, teacher, threshold, recovered_at)
-            # A seed that has stopped runs an empty second phase (t0 = t_max).
-            t_switch = jnp.where(switched, final_ts1[0], times[-1])
-            second = phase(
-                _solver("rkc2", spec), y_switch, teacher, t_switch, jnp.maximum(times, t_switch), threshold,
-                recovered_at, False, t_switch / times[-1], 1,
-            )
-            ts2, final_ts2 = second.ts
-            saved2, final2 = second.ys
-            first_part = jnp.isfinite(ts1)
-            saved_ts = jnp.where(first_part, ts1, jnp.where(switched, ts2, ts1))
+            final = jax.tree_util.tree_map(lambda x: x[0], final)  # the t1 save has a length-1 time axis
+            return saved_ts, saved, final_ts[0], final, solution.result, solution.stats["num_steps"]
+        # Tsit5 while its steps are set by accuracy, then RKC2 from the
+        # first stability-limited step on (docs/solvers.md).
+        first = phase(
+            _solver("tsit5", spec, stiffness=spec.auto_switch), y0, teacher, times[0], times, threshold,
+            recovered_at, True, 0.0,
+        )
+        ts1, final_ts1 = first.ts
+        saved1, final1 = first.ys
+        y_switch = jax.tree_util.tree_map(lambda x: x[0], final1)
+        switched = switches(final_ts1[0], y_switch, teacher, first.result, threshold, recovered_at)
+        # A seed that has stopped runs an empty second phase (t0 = t_max).
+        t_switch = jnp.where(switched, final_ts1[0], times[-1])
+        second = phase(
+            _solver("rkc2", spec), y_switch, teacher, t_switch, jnp.maximum(times, t_switch), threshold,
+            recovered_at, False, t_switch / times[-1], 1,
+        )
+        ts2, final_ts2 = second.ts
+        saved2, final2 = second.ys
+        first_part = jnp.isfinite(ts1)
+        saved_ts = jnp.where(first_part, ts1, jnp.where(switched, ts2, ts1))
 
-            def pick(a, b):
-                mask = first_part.reshape(first_part.shape + (1,) * (a.ndim - 1))
-                return jnp.where(mask | ~switched, a, b)
+        def pick(a, b):
+            mask = first_part.reshape(first_part.shape + (1,) * (a.ndim - 1))
+            return jnp.where(mask | ~switched, a, b)
 
-            saved = jax.tree_util.tree_map(pick, saved1, saved2)
-            final = jax.tree_util.tree_map(lambda a, b: jnp.where(switched, b, a), final1, final2)
-            final_ts = jnp.where(switched, final_ts2, final_ts1)
-            result = diffrax.RESULTS.where(switched, second.result, first.result)
-            num_steps = first.stats["num_steps"] + jnp.where(switched, second.stats["num_steps"], 0)
-        student = jax.tree_util.tree_map(lambda x: x[0], final[0])  # the t1 save has a length-1 time axis
+        saved = jax.tree_util.tree_map(pick, saved1, saved2)
+        final = jax.tree_util.tree_map(lambda a, b: jnp.where(switched, b[0], a[0]), final1, final2)
+        final_t = jnp.where(switched, final_ts2[0], final_ts1[0])
+        result = diffrax.RESULTS.where(switched, second.result, first.result)
+        num_steps = first.stats["num_steps"] + jnp.where(switched, second.stats["num_steps"], 0)
+        return saved_ts, saved, final_t, final, result, num_steps
+
+    def finish_one(saved_ts, saved, final_t, final, result, num_steps, teacher):
+        """Observables at the saved times, unreached times filled, and the seed's status."""
+        student = final[0]  # final is the state (student, aux)
         status = _status_code(result)
         # Times a seed never reached come back as inf. After an early stop they
         # hold the stopped state; after a failure they are NaN.
@@ -361,7 +420,7 @@ def _compiled_solve(spec: _Spec):
                 lambda x: jnp.where(reached.reshape(reached.shape + (1,) * (x.ndim - 1)), x, 0), saved
             )
             saved = _observe_times(states, teacher, jnp.where(reached, saved_ts, 0))
-        final_obs = observe(student, teacher, final_ts[0])
+        final_obs = observe(student, teacher, final_t)
 
         def fill(x, last):
             mask = reached.reshape(reached.shape + (1,) * (x.ndim - 1))
@@ -373,12 +432,43 @@ def _compiled_solve(spec: _Spec):
         for leaf in jax.tree_util.tree_leaves(student):
             finite = finite & jnp.isfinite(leaf).all()
         status = jnp.where((status <= 1) & ~finite, 3, status)
-        return saved, student, final_ts[0], num_steps, status
+        return saved, student, final_t, num_steps, status
+
+    def solve_one(student0, teacher, times, threshold, recovered_at):
+        raw = integrate_one(student0, teacher, times, threshold, recovered_at)
+        return finish_one(*raw, teacher) + (jnp.asarray(0, jnp.int32),)
+
+    def pooled(student, teacher, times, threshold, recovered_at):
+        """The seeds on `spec.lanes` lanes fed from a queue (`pool.py`)."""
+        tsit5 = "tsit5" if spec.solver == "auto" else spec.solver
+        first_stop = functools.partial(stop, threshold=threshold, recovered_at=recovered_at, switch=spec.solver == "auto")
+        phases = [Phase(_solver(tsit5, spec, stiffness=spec.auto_switch if spec.solver == "auto" else None),
+                        lambda t, y, args: first_stop(t, y, args))]
+        handover = None
+        if spec.solver == "auto":
+            second_stop = functools.partial(stop, threshold=threshold, recovered_at=recovered_at)
+            phases.append(Phase(_solver("rkc2", spec), lambda t, y, args: second_stop(t, y, args)))
+            handover = lambda index, t, y, args, result: switches(t, y, args, result, threshold, recovered_at)
+        on_finish = None
+        if spec.progress:
+            on_finish = lambda count: jax.debug.callback(_progress.report_seeds, shard_index(), count)
+        out = pool_solve(
+            term, phases, controller(times[-1]), initial=initial, save_fn=save_fn, students=student, args=teacher,
+            times=times, lanes=spec.lanes, max_steps=spec.max_steps, dt0=spec.dt, handover=handover,
+            on_finish=on_finish,
+        )
+        finished = jax.vmap(finish_one)(
+            out["ts"], out["saved"], out["t_final"], out["y_final"], out["result"], out["num_steps"], teacher
+        )
+        return finished + (out["finished_at"],)
 
     vmapped = jax.vmap(solve_one, in_axes=(0, 0, None, None, None))
 
     def batched(student, teacher, *shared):
-        if student.router.shape[0] == 1:
+        seeds = student.router.shape[0]
+        if spec.lanes is not None and spec.lanes < seeds:
+            return pooled(student, teacher, *shared)
+        if seeds == 1:
             # One seed: solve it without vmap, whose batching rules turn every
             # branch of diffrax's loop into a select (measured: 20% a step).
             one = jax.tree_util.tree_map(lambda x: x[0], (student, teacher))
@@ -386,9 +476,26 @@ def _compiled_solve(spec: _Spec):
         return vmapped(student, teacher, *shared)
 
     # Student and teacher carry the seed axis; times and thresholds are shared.
-    # Each device runs its seeds in blocks (one block on an accelerator); a
-    # block's while loop ends when its own seeds are done.
+    # Each device runs its seeds in blocks (one block on an accelerator, or
+    # the seed pool); a block's loop ends when its own seeds are done.
     return shard_seeds(in_blocks(jax.jit(batched), 2, spec.block), num_batched=2)
+
+
+def _pool_facts(lanes: int, per_device: int, finished_at: np.ndarray, num_steps: np.ndarray) -> dict:
+    """The seed pool's lanes, loop iterations and lane utilisation (lane-steps that advanced a seed ÷ lane-steps run).
+
+    Each device runs its own pool on a contiguous share of ``per_device``
+    seeds (`devices.shard_seeds`); a pool runs until its last seed is done.
+    """
+    lane_steps = 0
+    for start in range(0, finished_at.size, per_device):
+        share = finished_at[start : start + per_device]
+        lane_steps += min(lanes, share.size) * (int(share.max()) + 1)
+    return {
+        "lanes": int(lanes),
+        "pool_iterations": int(finished_at.max()) + 1,
+        "lane_utilisation": float(np.sum(num_steps)) / lane_steps,
+    }
 
 
 def _observe_times(states: Model, teacher: Model, ts) -> dict:
@@ -447,6 +554,15 @@ def integrate(config: SimulationConfig, teacher: Model, student: Model, times: n
             f"max_steps is {config.max_steps}"
         )
     state_size = sum(int(np.prod(np.shape(leaf)[1:])) for leaf in jax.tree_util.tree_leaves(student))
+    seeds = student.router.shape[0]
+    per_device = -(-seeds // num_devices())
+    lanes = config.lanes
+    if lanes == 1:
+        lanes = None  # one lane: the seeds one after another, each solved alone
+        block = 1
+    else:
+        block = solve_block() if lanes is None else None
+    pooled = lanes is not None and lanes < per_device
     spec = _Spec(
         solver=config.solver,
         rtol=config.rtol,
@@ -454,11 +570,13 @@ def integrate(config: SimulationConfig, teacher: Model, student: Model, times: n
         dt=config.dt,
         max_steps=config.max_steps,
         progress=progress,
-        block=solve_block(),
+        block=block,
         recovery_stop=config.recovery_epsilon is not None,
         save_states=state_size * len(times) <= _SAVED_STATE_BUDGET,
         rkc_safety=config.rkc_safety,
         auto_switch=AUTO_SWITCH if config.auto_switch is None else config.auto_switch,
+        lanes=lanes,
+        mixed=config.dtype == "mixed",
     )
     dtype = student.router.dtype
     # Without a threshold the stopping event still catches non-finite seeds.
@@ -467,15 +585,18 @@ def integrate(config: SimulationConfig, teacher: Model, student: Model, times: n
     recovered_at = jnp.asarray(2.0 if config.recovery_epsilon is None else 1.0 - config.recovery_epsilon, dtype)
     solve = _compiled_solve(spec)
     if progress:
-        blocks = blocks_per_device(student.router.shape[0], spec.block)
-        _progress.open(num_devices(), blocks)
+        if pooled:
+            _progress.open_seeds(num_devices(), seeds)
+        else:
+            _progress.open(num_devices(), blocks_per_device(seeds, spec.block))
     finished = False
     try:
-        saved, final, t_final, num_steps, status = solve(
+        saved, final, t_final, num_steps, status, finished_at = solve(
             student, teacher, jnp.asarray(times, dtype), threshold, recovered_at
         )
         out = jax.device_get(dict(saved=saved, student=final, t_final=t_final, num_steps=num_steps, status=status))
         out["router"], out["expert"] = out["student"].router, out["student"].expert
+        out["run"] = _pool_facts(lanes, per_device, np.asarray(finished_at), out["num_steps"]) if pooled else {}
         finished = True
     finally:
         if progress:

@@ -128,8 +128,8 @@ def simulate(
         raise ValueError(f"initial holds {_num_seeds(initial)} seeds but seed_index names {seed_index.size}")
     times = flow.time_grid(config)
     start = time.perf_counter()
-    with jax.enable_x64(config.dtype == "float64"):
-        dtype = jnp.dtype(config.dtype)
+    with jax.enable_x64(config.state_dtype == "float64"):
+        dtype = jnp.dtype(config.state_dtype)
         if initial is None:
             teacher, student = init_problem(config, seed_index.astype(np.int32))
             mode = "reduced" if uses_reduced(config) else "full"
@@ -155,7 +155,7 @@ def simulate(
             extra[name] = saved[name]
     return Result(
         config=config,
-        times=np.asarray(times, dtype=config.dtype),
+        times=np.asarray(times, dtype=config.state_dtype),
         seed_index=seed_index.astype(np.int64),
         loss=saved["loss"],
         expert_alignment=saved["expert_alignment"],
@@ -183,5 +183,6 @@ def simulate(
             # The seeds are split over every local device (devices.py).
             "devices": num_devices(),
             "python": platform.python_version(),
+            **out.get("run", {}),
         },
     )

@@ -88,17 +88,21 @@ def rkc2_stages(h_rho, *, safety: float = 1.25, max_stages: int = 256, damping: 
     return jnp.clip(jnp.where(jnp.isfinite(stages), stages, max_stages), 2, max_stages).astype(jnp.int32)
 
 
-def _jacobian_product(func: Callable, y: PyTree, f: PyTree, v: PyTree) -> PyTree:
-    """``J v ≈ (F(y + δv) − F(y)) / δ`` for unit v, δ = √ε (1 + ‖y‖); F maps y to a y-shaped rate."""
-    dtype = jtu.tree_leaves(y)[0].dtype
-    delta = jnp.sqrt(jnp.finfo(dtype).eps) * (1.0 + _norm(y))
+def _jacobian_product(func: Callable, y: PyTree, f: PyTree, v: PyTree, eps: float | None = None) -> PyTree:
+    """``J v ≈ (F(y + δv) − F(y)) / δ`` for unit v, δ = √ε (1 + ‖y‖); F maps y to a y-shaped rate.
+
+    ε is the rounding unit of F's arithmetic: `eps`, or that of y's dtype.
+    """
+    if eps is None:
+        eps = float(jnp.finfo(jtu.tree_leaves(y)[0].dtype).eps)
+    delta = jnp.sqrt(eps) * (1.0 + _norm(y))
     shifted = func(_axpy((1.0, y), (delta, v)))
     return _axpy((1.0 / delta, shifted), (-1.0 / delta, f))
 
 
-def _power_step(func: Callable, y: PyTree, f: PyTree, v: PyTree) -> tuple[PyTree, Array]:
+def _power_step(func: Callable, y: PyTree, f: PyTree, v: PyTree, eps: float | None = None) -> tuple[PyTree, Array]:
     """One warm-started power iteration: the new unit iterate and ``‖J v‖`` (≤ ρ, → ρ)."""
-    jv = _jacobian_product(func, y, f, v)
+    jv = _jacobian_product(func, y, f, v, eps)
     size = _norm(jv)
     ok = jnp.isfinite(size) & (size > 0)
     v_new = jtu.tree_map(lambda a, b: jnp.where(ok, a / jnp.where(ok, size, 1.0), b), jv, v)
@@ -115,7 +119,7 @@ def _start_vector(y: PyTree) -> PyTree:
     return jtu.tree_map(lambda a: a / _norm(v), v)
 
 
-def _warm_power_step(func: Callable, y: PyTree, f: PyTree, state: tuple, every: int) -> tuple:
+def _warm_power_step(func: Callable, y: PyTree, f: PyTree, state: tuple, every: int, eps: float | None = None) -> tuple:
     """The running estimate ``(v, ρ, accepted steps)``: one power step every `every` accepted steps.
 
     ρ moves slowly along a gradient flow (2.4 to 36 over a Figure 1
@@ -126,22 +130,24 @@ def _warm_power_step(func: Callable, y: PyTree, f: PyTree, state: tuple, every: 
     """
     v, rho, count = state
     if every == 1:
-        v1, rho1 = _power_step(func, y, f, v)
+        v1, rho1 = _power_step(func, y, f, v, eps)
         return v1, rho1, count + 1
     due = count % every == 0
     v1, rho1 = jax.lax.cond(
-        eqx.internal.unvmap_any(due), lambda: _power_step(func, y, f, v), lambda: (v, rho)
+        eqx.internal.unvmap_any(due), lambda: _power_step(func, y, f, v, eps), lambda: (v, rho)
     )
     v1 = jtu.tree_map(lambda a, b: jnp.where(due, a, b), v1, v)
     return v1, jnp.where(due, rho1, rho), count + 1
 
 
-def _power_iteration(func: Callable, y: PyTree, f: PyTree, iterations: int) -> tuple[PyTree, Array]:
+def _power_iteration(
+    func: Callable, y: PyTree, f: PyTree, iterations: int, eps: float | None = None
+) -> tuple[PyTree, Array]:
     """`iterations` power steps from `_start_vector`: the iterate and the estimate of ρ."""
 
     def body(_, carry):
         v, _ = carry
-        return _power_step(func, y, f, v)
+        return _power_step(func, y, f, v, eps)
 
     zero = jnp.zeros((), jtu.tree_leaves(y)[0].dtype)
     return jax.lax.fori_loop(0, iterations, body, (_start_vector(y), zero))
@@ -194,6 +200,10 @@ class RKC2(diffrax.AbstractAdaptiveSolver):
     - `power_iterations`: power iterations at the start of a solve (a cold
       estimate); along the trajectory one iteration every `power_every`
       accepted steps keeps it warm.
+    - `difference_eps`: the rounding unit of the vector field's arithmetic,
+      which sizes the power iteration's finite difference (None: that of
+      the state's dtype; set it when the field runs in a narrower dtype
+      than the state, e.g. float32 under a float64 state).
 
     Example::
 
@@ -206,6 +216,7 @@ class RKC2(diffrax.AbstractAdaptiveSolver):
     max_stages: int = 256
     power_iterations: int = 20
     power_every: int = 4
+    difference_eps: float | None = None
 
     term_structure: ClassVar = diffrax.AbstractTerm
     interpolation_cls: ClassVar = diffrax.ThirdOrderHermitePolynomialInterpolation
@@ -225,7 +236,7 @@ class RKC2(diffrax.AbstractAdaptiveSolver):
     def init(self, terms, t0, t1, y0, args):
         f0 = terms.vf(t0, y0, args)
         rate = _rate(terms, t0, args)
-        v, rho = _power_iteration(rate, y0, rate(y0), self.power_iterations)
+        v, rho = _power_iteration(rate, y0, rate(y0), self.power_iterations, self.difference_eps)
         return f0, (v, rho, jnp.asarray(1, jnp.int32))
 
     def func(self, terms, t0, y0, args):
@@ -244,7 +255,9 @@ class RKC2(diffrax.AbstractAdaptiveSolver):
         # Keep the spectral radius warm, at the new point (if the controller
         # rejects the step it keeps y0 and the old state).
         unit = jnp.ones((), jnp.result_type(h))
-        power = _warm_power_step(_rate(terms, t1, args), y1, terms.prod(f1, unit), power, self.power_every)
+        power = _warm_power_step(
+            _rate(terms, t1, args), y1, terms.prod(f1, unit), power, self.power_every, self.difference_eps
+        )
         dense_info = dict(y0=y0, y1=y1, k0=k0, k1=k1)
         return y1, y_error, dense_info, (f1, power), diffrax.RESULTS.successful
 
@@ -356,6 +369,7 @@ class Tracked(diffrax.AbstractAdaptiveSolver):
     stiffness: float | None = None
     power_iterations: int = 20
     power_every: int = 4
+    difference_eps: float | None = None  # as for `RKC2`
 
     term_structure: ClassVar = diffrax.AbstractTerm
 
@@ -382,7 +396,7 @@ class Tracked(diffrax.AbstractAdaptiveSolver):
         if self.stiffness is None:
             return inner, None
         rate = self._rate(terms, t0, args)
-        v, rho = _power_iteration(rate, y0[0], rate(y0[0]), self.power_iterations)
+        v, rho = _power_iteration(rate, y0[0], rate(y0[0]), self.power_iterations, self.difference_eps)
         return inner, (v, rho, jnp.asarray(1, jnp.int32))
 
     def func(self, terms, t0, y0, args):
@@ -397,7 +411,9 @@ class Tracked(diffrax.AbstractAdaptiveSolver):
         rate1, aux1 = f1
         aux1 = dict(aux1)
         if self.stiffness is not None:
-            power = _warm_power_step(self._rate(terms, t1, args), y1[0], rate1, power, self.power_every)
+            power = _warm_power_step(
+                self._rate(terms, t1, args), y1[0], rate1, power, self.power_every, self.difference_eps
+            )
             stiff = ((t1 - t0) * power[1] >= self.stiffness) | (y0[1]["stiff"] > 0)
             aux1["stiff"] = stiff.astype(jnp.result_type(y0[1]["stiff"]))
         y1 = (y1[0], aux1)

@@ -106,7 +106,8 @@ def valid_kwargs(draw) -> dict:
         max_steps=draw(st.integers(1, 2**40)),
         loss_threshold=draw(st.one_of(st.none(), positive_real)),
         recovery_epsilon=draw(st.one_of(st.none(), open_unit)),
-        dtype=draw(st.sampled_from(DTYPES)),
+        dtype=draw(st.sampled_from(DTYPES if method == "flow" else [d for d in DTYPES if d != "mixed"])),
+        lanes=draw(st.none() | st.integers(1, 2**20)) if method == "flow" else None,
         method=method,
         optimizer=draw(st.sampled_from(OPTIMIZERS)),
         learning_rate=learning_rate,
@@ -186,6 +187,7 @@ INVALID = {
         st.integers(max_value=-1), st.integers(min_value=2**32), st.floats(), st.booleans(), st.none(), wrong_type
     ),
     "num_samples": bad_count.filter(lambda v: v is not None),
+    "lanes": bad_count.filter(lambda v: v is not None),
     **{name: bad_positive_real | st.none() for name in ("t_max", "rtol", "atol", "learning_rate")},
     **{name: bad_positive_real for name in ("dt", "loss_threshold")},
     "t_first": bad_open_unit | st.none(),
@@ -353,7 +355,8 @@ def test_rk4_needs_a_step(config):
 @FAST
 @given(valid_configs)
 def test_dataset_needs_num_samples(config):
-    assert_rejected(lambda: config.replace(method="dataset", num_samples=None), "dataset", "num_samples")
+    flow_only = dict(lanes=None, dtype="float32" if config.dtype == "mixed" else config.dtype)
+    assert_rejected(lambda: config.replace(method="dataset", num_samples=None, **flow_only), "dataset", "num_samples")
 
 
 @FAST
@@ -362,7 +365,8 @@ def test_discrete_methods_take_at_most_1e8_steps(config, method, learning_rate, 
     t_max = learning_rate * 1e8 * factor
     assume(math.isfinite(t_max) and t_max / learning_rate > 1e8)
     changes = dict(method=method, num_samples=config.num_samples or 1, learning_rate=learning_rate, t_max=t_max,
-                   dt=None, solver="tsit5", rkc_safety=None, auto_switch=None)
+                   dt=None, solver="tsit5", rkc_safety=None, auto_switch=None, lanes=None,
+                   dtype="float32" if config.dtype == "mixed" else config.dtype)
     assert_rejected(lambda: config.replace(**changes), "t_max", "learning_rate")
     # The same rule does not apply to gradient flow.
     assert config.replace(**{**changes, "method": "flow"}).t_max == t_max

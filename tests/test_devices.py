@@ -39,11 +39,13 @@ problem = dict(d=20, m=3, m_star=2, seeds=6, t_max=2.0, num_times=5, time_grid="
 runs = {
     "flow": dict(),
     "online": dict(method="online", learning_rate=0.05, batch_size=64),
+    # The seed pool on each device: 12 seeds are 3 a device, on 2 lanes each.
+    "pool": dict(seeds=12, lanes=2),
 }
 arrays = {}
 for name, changes in runs.items():
     # The sharded runs show their progress bars too: one bar, fed by every device.
-    result = jaxmoe.simulate(progress=devices > 1, **problem, **changes)
+    result = jaxmoe.simulate(progress=devices > 1, **{**problem, **changes})
     arrays[f"{name}/devices"] = result.run["devices"]
     for field in (
         "loss", "expert_alignment", "router_alignment", "student_router", "student_expert",
@@ -91,11 +93,11 @@ def test_four_devices_are_used(runs):
     assert one["flow/devices"] == one["online/devices"] == 1
 
 
-@pytest.mark.parametrize("method", ["flow", "online"])
+@pytest.mark.parametrize("method", ["flow", "online", "pool"])
 def test_four_devices_match_one(runs, method):
     one, _ = runs[1]
     four, _ = runs[4]
-    assert one[f"{method}/status"].shape == (6,)
+    assert one[f"{method}/status"].shape == (12 if method == "pool" else 6,)
     for key in (k for k in one if k.startswith(method + "/") and not k.endswith("/devices")):
         if key.split("/")[1] in EXACT:
             np.testing.assert_array_equal(four[key], one[key], err_msg=key)

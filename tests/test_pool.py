@@ -1,0 +1,131 @@
+"""The seed pool (`jaxmoe.pool`): fewer lanes than seeds, each seed's numbers those of the seed alone.
+
+The references: the seeds solved one at a time by `diffrax.diffeqsolve`
+(the CPU default), and the same seeds as one vmapped `diffeqsolve`.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxmoe
+from jaxmoe import MoE, SimulationConfig, simulate
+from jaxmoe.pool import default_refill
+
+# Short horizon, tight tolerances: rounding differences between a batched and
+# an unbatched kernel stay at rounding level (past a saddle escape they grow).
+PROBLEM = SimulationConfig(
+    d=12, m=4, m_star=2, seeds=7, t_max=20.0, num_times=41, time_grid="linear", rtol=1e-10, atol=1e-12,
+    loss_threshold=None,
+)
+FIELDS = ("loss", "expert_alignment", "router_alignment", "student_router", "student_expert", "t_final")
+
+
+def _initial():
+    """Seven seeds whose work differs: 2 and 5 move 100× slower (vectors ×10, dθ̄/dt ∝ 1/‖θ‖²),
+    6 starts from a zero router (non-finite at once)."""
+    from jaxmoe.init import init_problem
+
+    teacher, student = init_problem(PROBLEM, np.arange(PROBLEM.seeds, dtype=np.int32))
+    scale = jnp.ones(PROBLEM.seeds).at[jnp.array([2, 5])].set(10.0)[:, None, None]
+    router = (student.router * scale).at[6, 0].set(0.0)
+    return teacher, MoE(router, student.expert * scale)
+
+
+@pytest.fixture(scope="module")
+def alone():
+    """Each seed solved by itself (the CPU default: one seed at a time, no vmap)."""
+    return simulate(PROBLEM, initial=_initial())
+
+
+def _assert_same(actual, desired, rtol, skip=()):
+    assert actual.status_names() == desired.status_names()
+    np.testing.assert_array_equal(actual.num_steps, desired.num_steps)
+    for name in FIELDS:
+        a, b = getattr(actual, name), getattr(desired, name)
+        keep = np.array([s not in skip for s in range(a.shape[0])])
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=name)
+        # Absolute slack at `rtol` of the array's scale: a loss that has fallen 1e-5-fold
+        # carries the rounding of the state it came from.
+        # A stopping time is a sum of step sizes, which that rounding moves by up to 5e-8.
+        tol = 10 * rtol if name == "t_final" else rtol
+        np.testing.assert_allclose(a[keep], b[keep], rtol=tol, atol=tol * np.nanmax(np.abs(b)), err_msg=name)
+
+
+def test_pool_gives_each_seed_its_own_result(alone):
+    """Three lanes for seven seeds whose work differs 10×, one non-finite, one capped by the step limit.
+
+    Against the same seeds in one vmapped diffeqsolve (diffrax's loop, batched
+    as the lanes are): identical. Against each seed solved alone: the same
+    statuses and steps, numbers within 1e-8 of their scale (measured up to
+    3.5e-9, in the state a seed stops at: a batched and an unbatched kernel
+    round differently, and the step-size control carries that along). The capped seed's final state is the state after exactly
+    its limit of steps, whose sizes that rounding moves by 5e-8, so it is
+    held to the batched solve only.
+    """
+    steps = alone.num_steps
+    fast, slow = steps[[2, 5]], steps[[0, 1, 3, 4]]
+    assert slow.min() >= 10 * fast.max()
+    # One seed hits the step limit: between the largest and the next.
+    limit = int(np.sort(steps)[-2] + np.sort(steps)[-1]) // 2
+    config = PROBLEM.replace(max_steps=limit)
+    capped = simulate(config, initial=_initial())
+    vmapped = simulate(config.replace(lanes=PROBLEM.seeds), initial=_initial())
+    pooled = simulate(config.replace(lanes=3), initial=_initial())
+    assert pooled.run["lanes"] == 3 and 0 < pooled.run["lane_utilisation"] <= 1
+    names = capped.status_names()
+    assert names[6] == "non_finite" and names.count("step_limit") == 1
+    _assert_same(pooled, vmapped, rtol=0)
+    _assert_same(pooled, capped, rtol=1e-8, skip=(names.index("step_limit"),))
+    # The seeds the cap does not touch are as in the uncapped run.
+    for s in np.flatnonzero(np.array(names) == "success"):
+        np.testing.assert_allclose(pooled.loss[s], alone.loss[s], rtol=1e-8)
+
+
+def test_pool_refilled_one_lane_at_a_time_stops_on_threshold(alone):
+    """Seeds stopping at the loss threshold on two lanes, with a progress bar."""
+    threshold = float(np.median(alone.loss[:6, -1]))
+    config = PROBLEM.replace(loss_threshold=threshold)
+    reference = simulate(config, initial=_initial())
+    vmapped = simulate(config.replace(lanes=PROBLEM.seeds), initial=_initial())
+    pooled = simulate(config.replace(lanes=2), initial=_initial(), progress=True)
+    assert "converged" in reference.status_names()
+    _assert_same(pooled, vmapped, rtol=0)
+    _assert_same(pooled, reference, rtol=1e-8)
+
+
+def test_pool_is_the_vmapped_solve_step_for_step():
+    """Over escapes (t = 200, where batched and unbatched rounding part by 1e-8), the pool still
+    equals the same seeds in one vmapped diffeqsolve exactly: it is diffrax's loop, lane by lane."""
+    config = SimulationConfig(d=12, m=4, m_star=2, seeds=5, t_max=200.0, num_times=21, solver="tsit5",
+                              rtol=1e-7, recovery_epsilon=1e-2)
+    vmapped = simulate(config, lanes=5)  # as many lanes as seeds: one vmapped solve
+    pooled = simulate(config, lanes=2)
+    assert "lanes" not in vmapped.run  # no queue: not a pool
+    assert pooled.status_names() == vmapped.status_names()
+    np.testing.assert_array_equal(pooled.num_steps, vmapped.num_steps)
+    for name in FIELDS:
+        np.testing.assert_array_equal(getattr(pooled, name), getattr(vmapped, name), err_msg=name)
+
+
+def test_lane_utilisation_counts_lane_steps():
+    from jaxmoe.flow import _pool_facts
+
+    # Two devices of 3 seeds on 2 lanes; the pools ran 10 and 6 iterations.
+    facts = _pool_facts(2, 3, np.array([4, 9, 3, 5, 2, 1]), np.array([4, 5, 3, 4, 2, 2]))
+    assert facts == {"lanes": 2, "pool_iterations": 10, "lane_utilisation": 20 / (2 * 10 + 2 * 6)}
+    assert default_refill(1) == 1 and default_refill(128) == 16
+
+
+@pytest.mark.parametrize("lanes", [0, -1, 2.5, True])
+def test_bad_lanes_are_refused(lanes):
+    with pytest.raises(ValueError, match="lanes must be an integer"):
+        SimulationConfig(lanes=lanes)
+
+
+def test_lanes_and_mixed_are_for_the_flow():
+    with pytest.raises(ValueError, match="lanes applies to method 'flow' only"):
+        SimulationConfig(method="online", lanes=4)
+    with pytest.raises(ValueError, match="dtype 'mixed' applies to method 'flow' only"):
+        SimulationConfig(method="optax", dtype="mixed")
+    assert jaxmoe.SimulationConfig(dtype="mixed").state_dtype == "float64"
