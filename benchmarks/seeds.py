@@ -204,6 +204,143 @@ def convergence_section(seeds: int) -> list[str]:
     ]
 
 
+POOL_PROBLEM = dict(d=200, m=8, m_star=3, t_max=400.0)
+TARGET_POOL_RATIO, TARGET_UTILISATION = 1.3, 0.8
+
+
+def _timed(call):
+    start = time.perf_counter()
+    result = call()
+    return result, time.perf_counter() - start
+
+
+def pool_section(seeds: int, lanes: int, figure1_seeds: int, figure1_lanes: int) -> list[str]:
+    """The seed pool: a batch costs the sum of its seeds' steps; lane utilisation (lane-steps that advance a seed)."""
+    config = jaxmoe.SimulationConfig(seeds=seeds, **POOL_PROBLEM)
+    index = np.arange(seeds)
+    print(f"pool: {seeds} seeds of {POOL_PROBLEM} ...", flush=True)
+    jaxmoe.simulate(config, seed_index=index[:1], t_max=COMPILE_T_MAX)  # compile
+    batch, batch_wall = _timed(lambda: jaxmoe.simulate(config, seed_index=index))
+    steps = batch.num_steps
+    median_seed = int(np.argsort(steps)[len(steps) // 2])
+    print(f"  {batch_wall:.1f} s; {seeds} copies of the median seed {median_seed} ...", flush=True)
+    initial = jax.tree_util.tree_map(
+        lambda x: np.repeat(x[median_seed : median_seed + 1], seeds, axis=0),
+        (jaxmoe.MoE(batch.teacher_router, batch.teacher_expert), jaxmoe.MoE(batch.student_router0, batch.student_expert0)),
+    )
+    copies, copies_wall = _timed(lambda: jaxmoe.simulate(config, initial=initial))
+    ratio_steps = steps.mean() / np.median(steps)
+    bound = TARGET_POOL_RATIO * ratio_steps * copies_wall
+    rows = [
+        f"| default (CPU: one seed after another) | {seeds} | — | {batch_wall:.1f} | {steps.mean():.0f} / "
+        f"{np.median(steps):.0f} / {steps.max()} | — |",
+        f"| {seeds} copies of the median seed (`initial=`) | {seeds} | — | {copies_wall:.1f} | "
+        f"{copies.num_steps.mean():.0f} / {np.median(copies.num_steps):.0f} / {copies.num_steps.max()} | — |",
+    ]
+    print(f"  {copies_wall:.1f} s; the pool on {lanes} lanes ...", flush=True)
+    pooled_config = config.replace(lanes=lanes)
+    jaxmoe.simulate(pooled_config, seed_index=index[: lanes + 1], t_max=COMPILE_T_MAX)
+    pooled, pooled_wall = _timed(lambda: jaxmoe.simulate(pooled_config, seed_index=index))
+    same = np.array_equal(pooled.num_steps, steps) and pooled.status_names() == batch.status_names()
+    rows.append(
+        f"| pool, {lanes} lanes (vmapped) | {seeds} | {lanes} | {pooled_wall:.1f} | {steps.mean():.0f} / "
+        f"{np.median(steps):.0f} / {steps.max()} | {pooled.run['lane_utilisation']:.3f} |"
+    )
+    lines = [
+        "## The seed pool",
+        "",
+        f"{seeds} seeds of d = {POOL_PROBLEM['d']}, m = {POOL_PROBLEM['m']}, m* = {POOL_PROBLEM['m_star']}, "
+        f"t_max = {POOL_PROBLEM['t_max']:g} (the defaults otherwise: solver auto, rtol 1e-7, stop at L < 1e-6), "
+        "one warm call each (compiled beforehand). Lane utilisation: lane-steps that advanced a seed ÷ "
+        "lane-steps run.",
+        "",
+        "| run | seeds | lanes | wall (s) | steps mean / median / max | lane utilisation |",
+        "|---|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        f"- target: the batch ≤ {TARGET_POOL_RATIO} × (mean ÷ median steps = {ratio_steps:.2f}) × the copies' "
+        f"wall = {bound:.1f} s: {batch_wall:.1f} s — {'met' if batch_wall <= bound else 'NOT met'}",
+        f"- the pool gives every seed the steps and status it has alone: {'yes' if same else 'NO'}",
+        "",
+    ]
+    if figure1_seeds > 0:
+        fig = jaxmoe.SimulationConfig(seeds=figure1_seeds, lanes=figure1_lanes)
+        print(f"pool: {figure1_seeds} Figure 1 seeds on {figure1_lanes} lanes ...", flush=True)
+        jaxmoe.simulate(fig, seed_index=np.arange(figure1_lanes + 1), t_max=COMPILE_T_MAX)
+        result, wall = _timed(lambda: jaxmoe.simulate(fig))
+        utilisation = result.run.get("lane_utilisation", 1.0)
+        names, counts = np.unique(result.status_names(), return_counts=True)
+        all_at_once = result.num_steps.mean() / result.num_steps.max()
+        lines += [
+            f"### {figure1_seeds} Figure 1 seeds to convergence, {figure1_lanes} lanes",
+            "",
+            "| seeds | lanes | wall (s) | statuses | steps mean / max | lane utilisation | all seeds at once would be |",
+            "|---:|---:|---:|---|---:|---:|---:|",
+            f"| {figure1_seeds} | {figure1_lanes} | {wall:.1f} | "
+            f"{', '.join(f'{n} {c}' for n, c in zip(names, counts))} | {result.num_steps.mean():.0f} / "
+            f"{result.num_steps.max()} | {utilisation:.3f} | {all_at_once:.3f} |",
+            "",
+            f"- target: lane utilisation ≥ {TARGET_UTILISATION}: {utilisation:.3f} — "
+            f"{'met' if utilisation >= TARGET_UTILISATION else 'NOT met'}",
+            "",
+        ]
+    return lines
+
+
+def precision_section() -> list[str]:
+    """float64 against mixed precision: −∇L alone, and the default run (4 Figure 1 seeds to L < 1e-6 or t = 1000)."""
+    from jaxmoe.flow import _field, _field_mixed
+    from jaxmoe.init import init_problem
+
+    config = jaxmoe.SimulationConfig()
+    teacher, student = init_problem(config, np.arange(1, dtype=np.int32))
+    one = jax.tree_util.tree_map(lambda x: x[0], (student, teacher))
+    field_ms = {}
+    for name, fn in (("float64", _field), ("mixed", _field_mixed)):
+        f = jax.jit(fn)
+        jax.block_until_ready(f(None, *one))
+        best = []
+        for _ in range(50):
+            start = time.perf_counter()
+            jax.block_until_ready(f(None, *one))
+            best.append(time.perf_counter() - start)
+        field_ms[name] = 1e3 * min(best)
+    print("precision: the default run in float64 and mixed ...", flush=True)
+    jaxmoe.simulate(config, t_max=COMPILE_T_MAX)
+    jaxmoe.simulate(config, t_max=COMPILE_T_MAX, dtype="mixed")
+    wide, wide_wall = _timed(lambda: jaxmoe.simulate(config))
+    mixed, mixed_wall = _timed(lambda: jaxmoe.simulate(config, dtype="mixed"))
+    align = max(np.nanmax(np.abs(wide.expert_alignment - mixed.expert_alignment)),
+                np.nanmax(np.abs(wide.router_alignment - mixed.router_alignment)))
+    mask = (wide.loss >= 1e-8) & np.isfinite(wide.loss) & np.isfinite(mixed.loss)
+    loss_rel = np.abs(wide.loss - mixed.loss)[mask] / wide.loss[mask]
+    worst = np.unravel_index(np.argmax(np.where(mask, np.abs(wide.loss - mixed.loss) / np.where(mask, wide.loss, 1), 0)),
+                             wide.loss.shape)
+    same = wide.status_names() == mixed.status_names()
+    return [
+        "## float64 against mixed precision",
+        "",
+        "−∇L with its loss at the Figure 1 size, one seed, jitted, best of 50; then the default run (4 seeds "
+        "to L < 1e-6 or t = 1000), one warm call each.",
+        "",
+        "| precision | −∇L (ms) | default run (s) | solver steps per seed | statuses |",
+        "|---|---:|---:|---|---|",
+        f"| float64 | {field_ms['float64']:.3f} | {wide_wall:.1f} | {', '.join(map(str, wide.num_steps))} | "
+        f"{', '.join(wide.status_names())} |",
+        f"| mixed | {field_ms['mixed']:.3f} | {mixed_wall:.1f} | {', '.join(map(str, mixed.num_steps))} | "
+        f"{', '.join(mixed.status_names())} |",
+        "",
+        f"- per step: float32 −∇L is {field_ms['float64'] / field_ms['mixed']:.2f}× faster than float64 on this CPU; "
+        f"the default run {wide_wall / mixed_wall:.2f}×",
+        f"- target: alignment curves within 2e-3 of float64: {align:.2e} — {'met' if align <= 2e-3 else 'NOT met'}",
+        f"- target: loss within 1e-3 relative wherever L ≥ 1e-8: {loss_rel.max():.2e} (worst at seed {worst[0]}, "
+        f"t = {wide.times[worst[1]]:.4g}, L = {wide.loss[worst]:.3g}; median {np.median(loss_rel):.1e}) — "
+        f"{'met' if loss_rel.max() <= 1e-3 else 'NOT met'}",
+        f"- target: the same statuses: {'met' if same else 'NOT met'}",
+        "",
+    ]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--t-max", type=float, default=DEFAULT_T_MAX,
@@ -220,8 +357,44 @@ def main(argv=None) -> int:
                         help="leave out batch sizes predicted to end the sweep after this many seconds (default 900)")
     parser.add_argument("--convergence-seeds", type=int, default=1000,
                         help="seeds run to convergence on a GPU (default 1000; 0 skips)")
+    parser.add_argument("--pool", action="store_true",
+                        help="only the seed-pool section (written to seeds-pool-<machine>.md)")
+    parser.add_argument("--precision", action="store_true",
+                        help="only float64 against mixed precision (written to seeds-precision-<machine>.md)")
+    parser.add_argument("--pool-seeds", type=int, default=64, help="seeds of the pool section's problem (default 64)")
+    parser.add_argument("--pool-lanes", type=int, default=8, help="lanes of the pool section's pool run (default 8)")
+    parser.add_argument("--figure1-seeds", type=int, default=None,
+                        help="Figure 1 seeds run to convergence in the pool (default: 1000 on a GPU, 0 elsewhere)")
+    parser.add_argument("--figure1-lanes", type=int, default=128, help="their lanes (default 128)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where the markdown report goes")
     args = parser.parse_args(argv)
+    if args.precision:
+        jax.config.update("jax_enable_x64", True)
+        name = machine_name()
+        text = "\n".join([f"# jaxmoe precision benchmark ({name})", "", *machine_lines(),
+                          f"- load average (1 / 5 / 15 min): {load_average()}", "", *precision_section()])
+        print(text)
+        path = args.out_dir / f"seeds-precision-{name}.md"
+        write_atomically(path, text)
+        print(f"written: {path}")
+        return 0
+    if args.pool:
+        jax.config.update("jax_enable_x64", True)
+        figure1 = args.figure1_seeds
+        if figure1 is None:
+            figure1 = 1000 if jax.devices()[0].platform == "gpu" else 0
+        load_before = load_average()
+        lines = pool_section(args.pool_seeds, args.pool_lanes, figure1, args.figure1_lanes)
+        name = machine_name()
+        text = "\n".join([f"# jaxmoe seed-pool benchmark ({name})", "", *machine_lines(),
+                          f"- load average (1 / 5 / 15 min): {load_before} at the start, {load_average()} at the end",
+                          "- float64", "", *lines])
+        print()
+        print(text)
+        path = args.out_dir / f"seeds-pool-{name}.md"
+        write_atomically(path, text)
+        print(f"written: {path}")
+        return 0
     for name in ("max_batch", "loop_seeds", "max_calls"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")

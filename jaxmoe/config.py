@@ -112,9 +112,10 @@ class SimulationConfig:
       is recovered, in expert *and* router alignment: ``max_i w̄_i·w̄*_j ≥ 1 − ε``
       and ``max_i v̄_i·v̄*_j ≥ 1 − ε`` for every j (flow only).
     - `dtype`: ``"float64"`` (default), ``"float32"``, or ``"mixed"`` (flow
-      only): the vector field in float32, the state, the solver's
-      arithmetic, the saved observables and the stop checks in float64
-      (docs/solvers.md, "Precision").
+      with solver auto only): the vector field in float32 until the flow
+      turns stiff (auto's hand-over to RKC2), float64 after; the state, the
+      solver's arithmetic, the saved observables and the stop checks always
+      in float64 (docs/solvers.md, "Precision").
     - `lanes`: seeds integrated at once on each device (flow only). With
       fewer lanes than seeds, the seeds form a queue and a lane that
       finishes its seed takes the next one (the seed pool, `jaxmoe.pool`),
@@ -248,6 +249,8 @@ class SimulationConfig:
             raise ValueError(f"lanes applies to method 'flow' only; got method {self.method!r}")
         if self.method != "flow" and self.dtype == "mixed":
             raise ValueError(f"dtype 'mixed' applies to method 'flow' only; got method {self.method!r}")
+        if self.method == "flow" and self.dtype == "mixed" and self.solver != "auto":
+            raise ValueError(f"dtype 'mixed' needs solver 'auto' (float32 before the flow turns stiff); got {self.solver!r}")
         if self.method == "dataset" and self.num_samples is None:
             raise ValueError("method 'dataset' needs num_samples, the size of the training set")
         if self.method != "flow" and self.t_max / self.learning_rate > 1e8:

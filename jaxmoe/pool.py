@@ -57,8 +57,9 @@ __all__ = ["Phase", "pool_solve", "default_refill"]
 
 
 class Phase(NamedTuple):
-    """One phase of a solve: its diffrax solver and its stop condition ``stop(t, y, args) → bool``."""
+    """One phase of a solve: its diffrax term and solver, and its stop condition ``stop(t, y, args) → bool``."""
 
+    term: diffrax.AbstractTerm
     solver: diffrax.AbstractAdaptiveSolver
     stop: Callable[[Array, PyTree, PyTree], Array]
 
@@ -106,7 +107,6 @@ class _Lane(NamedTuple):
 
 
 def pool_solve(
-    term: diffrax.AbstractTerm,
     phases: Sequence[Phase],
     controller: diffrax.AbstractStepSizeController,
     *,
@@ -126,9 +126,9 @@ def pool_solve(
 
     **Arguments:**
 
-    - `term`, `controller`: the diffrax term and step-size controller (the
-      controller's ``t1`` clipping is done here, as diffrax does it).
-    - `phases`: the solver and stop condition of each phase, in order.
+    - `phases`: the term, solver and stop condition of each phase, in order.
+    - `controller`: the step-size controller (its ``t1`` clipping is done
+      here, as diffrax does it).
     - `initial(student, args, t0)`: the solver state ``y0`` of a seed (e.g.
       the student and the loss carried beside it).
     - `save_fn(t, y, args)`: what to save at each requested time.
@@ -171,13 +171,12 @@ def pool_solve(
     y_struct = jax.eval_shape(initial, student0, args0, t0)
 
     def solver_state_struct(phase):
-        solver = phase.solver
-        return jax.eval_shape(lambda y: solver.init(term, t0, t1, y, args0), y_struct)
+        return jax.eval_shape(lambda y: phase.solver.init(phase.term, t0, t1, y, args0), y_struct)
 
     solver_structs = tuple(solver_state_struct(p) for p in phases)
     controller_struct = jax.eval_shape(
-        lambda y: controller.init(term, t0, t1, y, dt0, args0, phases[0].solver.func,
-                                  phases[0].solver.error_order(term))[1],
+        lambda y: controller.init(phases[0].term, t0, t1, y, dt0, args0, phases[0].solver.func,
+                                  phases[0].solver.error_order(phases[0].term))[1],
         y_struct,
     )
     zeros = lambda struct: jtu.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), struct)
@@ -186,7 +185,7 @@ def pool_solve(
     # ---- one lane ---------------------------------------------------------------
 
     def init_lane(index: int, lane: _Lane) -> _Lane:
-        solver, stop = phases[index]
+        term, solver, stop = phases[index]
         # A new seed starts from its student; a handed-over one from its state.
         y0 = initial(lane.y[0], lane.args, lane.tprev) if index == 0 else lane.y
         tstart = lane.tprev
@@ -203,7 +202,7 @@ def pool_solve(
         )
 
     def step_lane(index: int, lane: _Lane):
-        solver, stop = phases[index]
+        term, solver, stop = phases[index]
         y, y_error, dense_info, state, solver_result = solver.step(
             term, lane.tprev, lane.tnext, lane.y, lane.args, lane.solver_states[index], False
         )

@@ -370,6 +370,9 @@ class Tracked(diffrax.AbstractAdaptiveSolver):
     power_iterations: int = 20
     power_every: int = 4
     difference_eps: float | None = None  # as for `RKC2`
+    # The field's rounding, as a rate: error estimates below ``h·noise`` per
+    # component are rounding, not truncation, and are not held against the step.
+    noise: float | None = None
 
     term_structure: ClassVar = diffrax.AbstractTerm
 
@@ -417,7 +420,11 @@ class Tracked(diffrax.AbstractAdaptiveSolver):
             stiff = ((t1 - t0) * power[1] >= self.stiffness) | (y0[1]["stiff"] > 0)
             aux1["stiff"] = stiff.astype(jnp.result_type(y0[1]["stiff"]))
         y1 = (y1[0], aux1)
-        y_error = (y_error[0], jtu.tree_map(jnp.zeros_like, aux1))
+        error = y_error[0]
+        if self.noise is not None:
+            floor = jnp.abs(t1 - t0) * self.noise
+            error = jtu.tree_map(lambda e: jnp.sign(e) * jnp.maximum(jnp.abs(e) - floor, 0.0), error)
+        y_error = (error, jtu.tree_map(jnp.zeros_like, aux1))
         dense_info = dict(inner=dense_info, aux=aux1)
         return y1, y_error, dense_info, (inner1, power), result
 

@@ -106,7 +106,7 @@ def valid_kwargs(draw) -> dict:
         max_steps=draw(st.integers(1, 2**40)),
         loss_threshold=draw(st.one_of(st.none(), positive_real)),
         recovery_epsilon=draw(st.one_of(st.none(), open_unit)),
-        dtype=draw(st.sampled_from(DTYPES if method == "flow" else [d for d in DTYPES if d != "mixed"])),
+        dtype=draw(st.sampled_from(DTYPES if method == "flow" and solver == "auto" else [d for d in DTYPES if d != "mixed"])),
         lanes=draw(st.none() | st.integers(1, 2**20)) if method == "flow" else None,
         method=method,
         optimizer=draw(st.sampled_from(OPTIMIZERS)),
