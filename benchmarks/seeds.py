@@ -341,6 +341,15 @@ def precision_section() -> list[str]:
     ]
 
 
+def _report(text: str, path: Path) -> int:
+    """Print the markdown report and write it atomically to `path`."""
+    print()
+    print(text)
+    write_atomically(path, text)
+    print(f"written: {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--t-max", type=float, default=DEFAULT_T_MAX,
@@ -373,11 +382,7 @@ def main(argv=None) -> int:
         name = machine_name()
         text = "\n".join([f"# jaxmoe precision benchmark ({name})", "", *machine_lines(),
                           f"- load average (1 / 5 / 15 min): {load_average()}", "", *precision_section()])
-        print(text)
-        path = args.out_dir / f"seeds-precision-{name}.md"
-        write_atomically(path, text)
-        print(f"written: {path}")
-        return 0
+        return _report(text, args.out_dir / f"seeds-precision-{name}.md")
     if args.pool:
         jax.config.update("jax_enable_x64", True)
         figure1 = args.figure1_seeds
@@ -389,12 +394,7 @@ def main(argv=None) -> int:
         text = "\n".join([f"# jaxmoe seed-pool benchmark ({name})", "", *machine_lines(),
                           f"- load average (1 / 5 / 15 min): {load_before} at the start, {load_average()} at the end",
                           "- float64", "", *lines])
-        print()
-        print(text)
-        path = args.out_dir / f"seeds-pool-{name}.md"
-        write_atomically(path, text)
-        print(f"written: {path}")
-        return 0
+        return _report(text, args.out_dir / f"seeds-pool-{name}.md")
     for name in ("max_batch", "loop_seeds", "max_calls"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -523,12 +523,7 @@ def main(argv=None) -> int:
             *sections,
         ]
     )
-    print()
-    print(text)
-    path = args.out_dir / f"seeds-{name}.md"
-    write_atomically(path, text)
-    print(f"written: {path}")
-    return 0
+    return _report(text, args.out_dir / f"seeds-{name}.md")
 
 
 if __name__ == "__main__":

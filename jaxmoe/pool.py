@@ -351,7 +351,8 @@ def pool_solve(
 
     first = jnp.arange(lanes)
     first_students, first_args = jax.vmap(seed_arrays)(first)
-    y_placeholder = jax.vmap(lambda s, a: initial(s, a, t0))(first_students, first_args)
+    # Only the student is read: `init_lane` builds the rest of y0 (the loss) itself.
+    y_placeholder = (first_students, jax.vmap(lambda _: zeros(y_struct[1]))(first))
     lanes_state = _Lane(
         seed=first,
         phase=jnp.zeros(lanes, jnp.int32),
