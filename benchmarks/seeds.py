@@ -287,8 +287,31 @@ def pool_section(seeds: int, lanes: int, figure1_seeds: int, figure1_lanes: int)
     return lines
 
 
+def _running(result, reference) -> np.ndarray:
+    """(S, T): saved times before either run stopped, where L ≥ 1e-8: after a stop the saved values are a fill."""
+    until = np.minimum(result.t_final, reference.t_final)[:, None]
+    return (reference.loss >= 1e-8) & (reference.times[None, :] < until) & np.isfinite(result.loss)
+
+
+def _loss_error(result, reference) -> np.ndarray:
+    """Per seed: the largest relative loss difference over the times both runs were integrating."""
+    mask = _running(result, reference)
+    return np.where(mask, np.abs(result.loss - reference.loss) / np.where(mask, reference.loss, 1.0), 0.0).max(axis=1)
+
+
+def _alignment_error(result, reference) -> float:
+    return max(np.nanmax(np.abs(result.expert_alignment - reference.expert_alignment)),
+               np.nanmax(np.abs(result.router_alignment - reference.router_alignment)))
+
+
 def precision_section() -> list[str]:
-    """float64 against mixed precision: −∇L alone, and the default run (4 Figure 1 seeds to L < 1e-6 or t = 1000)."""
+    """float64 against mixed precision: −∇L alone, and the default run (4 Figure 1 seeds to L < 1e-6 or t = 1000).
+
+    Both runs are also held against a tight float64 reference (rtol 1e-10,
+    atol 1e-13): float64 at the default rtol 1e-7 is itself far from 1e-3 of
+    the true loss in the slow tail, and that sets what "within 1e-3 of
+    float64" can mean.
+    """
     from jaxmoe.flow import _field, _field_mixed
     from jaxmoe.init import init_problem
 
@@ -305,37 +328,44 @@ def precision_section() -> list[str]:
             jax.block_until_ready(f(None, *one))
             best.append(time.perf_counter() - start)
         field_ms[name] = 1e3 * min(best)
-    print("precision: the default run in float64 and mixed ...", flush=True)
+    print("precision: the default run in float64, mixed, and a tight float64 reference ...", flush=True)
+    tight = dict(rtol=1e-10, atol=1e-13, max_steps=400_000)
     jaxmoe.simulate(config, t_max=COMPILE_T_MAX)
     jaxmoe.simulate(config, t_max=COMPILE_T_MAX, dtype="mixed")
     wide, wide_wall = _timed(lambda: jaxmoe.simulate(config))
     mixed, mixed_wall = _timed(lambda: jaxmoe.simulate(config, dtype="mixed"))
-    align = max(np.nanmax(np.abs(wide.expert_alignment - mixed.expert_alignment)),
-                np.nanmax(np.abs(wide.router_alignment - mixed.router_alignment)))
-    mask = (wide.loss >= 1e-8) & np.isfinite(wide.loss) & np.isfinite(mixed.loss)
-    loss_rel = np.abs(wide.loss - mixed.loss)[mask] / wide.loss[mask]
-    worst = np.unravel_index(np.argmax(np.where(mask, np.abs(wide.loss - mixed.loss) / np.where(mask, wide.loss, 1), 0)),
-                             wide.loss.shape)
+    reference = jaxmoe.simulate(config, **tight)
+    against_wide = _loss_error(mixed, wide)
+    worst = int(np.argmax(against_wide))
+    wide_err, mixed_err = _loss_error(wide, reference), _loss_error(mixed, reference)
+    align = _alignment_error(mixed, wide)
     same = wide.status_names() == mixed.status_names()
+    seeds = lambda values: ", ".join(f"{v:.1e}" for v in values)
     return [
         "## float64 against mixed precision",
         "",
         "−∇L with its loss at the Figure 1 size, one seed, jitted, best of 50; then the default run (4 seeds "
-        "to L < 1e-6 or t = 1000), one warm call each.",
+        "to L < 1e-6 or t = 1000), one warm call each; and the same seeds in float64 at rtol 1e-10, atol 1e-13 "
+        "as the reference. Loss errors are taken where L ≥ 1e-8 at the saved times before either run stopped "
+        "(after a stop the saved values repeat the stopped state, whose loss depends on where the last step landed).",
         "",
-        "| precision | −∇L (ms) | default run (s) | solver steps per seed | statuses |",
-        "|---|---:|---:|---|---|",
+        "| precision | −∇L (ms) | default run (s) | solver steps per seed | statuses | loss error against the reference, per seed |",
+        "|---|---:|---:|---|---|---|",
         f"| float64 | {field_ms['float64']:.3f} | {wide_wall:.1f} | {', '.join(map(str, wide.num_steps))} | "
-        f"{', '.join(wide.status_names())} |",
+        f"{', '.join(wide.status_names())} | {seeds(wide_err)} |",
         f"| mixed | {field_ms['mixed']:.3f} | {mixed_wall:.1f} | {', '.join(map(str, mixed.num_steps))} | "
-        f"{', '.join(mixed.status_names())} |",
+        f"{', '.join(mixed.status_names())} | {seeds(mixed_err)} |",
+        f"| reference | | | {', '.join(map(str, reference.num_steps))} | {', '.join(reference.status_names())} | |",
         "",
         f"- per step: float32 −∇L is {field_ms['float64'] / field_ms['mixed']:.2f}× faster than float64 on this CPU; "
         f"the default run {wide_wall / mixed_wall:.2f}×",
-        f"- target: alignment curves within 2e-3 of float64: {align:.2e} — {'met' if align <= 2e-3 else 'NOT met'}",
-        f"- target: loss within 1e-3 relative wherever L ≥ 1e-8: {loss_rel.max():.2e} (worst at seed {worst[0]}, "
-        f"t = {wide.times[worst[1]]:.4g}, L = {wide.loss[worst]:.3g}; median {np.median(loss_rel):.1e}) — "
-        f"{'met' if loss_rel.max() <= 1e-3 else 'NOT met'}",
+        f"- target: alignment curves within 2e-3 of float64: {align:.2e} — {'met' if align <= 2e-3 else 'NOT met'} "
+        f"(float64 against the reference: {_alignment_error(wide, reference):.2e}; mixed: "
+        f"{_alignment_error(mixed, reference):.2e})",
+        f"- target: loss within 1e-3 relative of float64 wherever L ≥ 1e-8: {against_wide.max():.2e} (seed {worst}) — "
+        f"{'met' if against_wide.max() <= 1e-3 else 'NOT met'}; float64 itself is {wide_err.max():.1e} from the "
+        f"reference, so at the default rtol the loss tail is not known to 1e-3 in either precision; mixed is "
+        f"{mixed_err.max() / wide_err.max():.1f}× float64's error at worst",
         f"- target: the same statuses: {'met' if same else 'NOT met'}",
         "",
     ]
