@@ -38,6 +38,17 @@ def alone():
     return simulate(PROBLEM, initial=_initial())
 
 
+@pytest.fixture(scope="module")
+def capped(alone):
+    """`PROBLEM` with a step limit between the two largest step counts: one seed hits it.
+
+    Both pool tests run under it, with the same lanes and progress bar, so
+    that they share three compiled solves (alone, vmapped, pooled).
+    """
+    steps = np.sort(alone.num_steps)
+    return PROBLEM.replace(max_steps=int(steps[-2] + steps[-1]) // 2)
+
+
 def _assert_same(actual, desired, rtol, skip=()):
     assert actual.status_names() == desired.status_names()
     np.testing.assert_array_equal(actual.num_steps, desired.num_steps)
@@ -52,7 +63,7 @@ def _assert_same(actual, desired, rtol, skip=()):
         np.testing.assert_allclose(a[keep], b[keep], rtol=tol, atol=tol * np.nanmax(np.abs(b)), err_msg=name)
 
 
-def test_pool_gives_each_seed_its_own_result(alone):
+def test_pool_gives_each_seed_its_own_result(alone, capped):
     """Three lanes for seven seeds whose work differs 10×, one non-finite, one capped by the step limit.
 
     Against the same seeds in one vmapped diffeqsolve (diffrax's loop, batched
@@ -66,32 +77,34 @@ def test_pool_gives_each_seed_its_own_result(alone):
     steps = alone.num_steps
     fast, slow = steps[[2, 5]], steps[[0, 1, 3, 4]]
     assert slow.min() >= 10 * fast.max()
-    # One seed hits the step limit: between the largest and the next.
-    limit = int(np.sort(steps)[-2] + np.sort(steps)[-1]) // 2
-    config = PROBLEM.replace(max_steps=limit)
-    capped = simulate(config, initial=_initial())
-    vmapped = simulate(config.replace(lanes=PROBLEM.seeds), initial=_initial())
-    pooled = simulate(config.replace(lanes=3), initial=_initial())
+    solo = simulate(capped, initial=_initial())
+    vmapped = simulate(capped.replace(lanes=PROBLEM.seeds), initial=_initial())
+    pooled = simulate(capped.replace(lanes=3), initial=_initial(), progress=True)
     assert pooled.run["lanes"] == 3 and 0 < pooled.run["lane_utilisation"] <= 1
-    names = capped.status_names()
+    names = solo.status_names()
     assert names[6] == "non_finite" and names.count("step_limit") == 1
     _assert_same(pooled, vmapped, rtol=0)
-    _assert_same(pooled, capped, rtol=1e-8, skip=(names.index("step_limit"),))
+    _assert_same(pooled, solo, rtol=1e-8, skip=(names.index("step_limit"),))
     # The seeds the cap does not touch are as in the uncapped run.
     for s in np.flatnonzero(np.array(names) == "success"):
         np.testing.assert_allclose(pooled.loss[s], alone.loss[s], rtol=1e-8)
 
 
-def test_pool_refilled_one_lane_at_a_time_stops_on_threshold(alone):
-    """Seeds stopping at the loss threshold on two lanes, with a progress bar."""
+def test_pool_refilled_one_lane_at_a_time_stops_on_threshold(alone, capped, capsys):
+    """Seeds stopping at the loss threshold on three lanes refilled one at a time, with a progress bar."""
     threshold = float(np.median(alone.loss[:6, -1]))
-    config = PROBLEM.replace(loss_threshold=threshold)
+    config = capped.replace(loss_threshold=threshold)
+    assert default_refill(3) == 1
     reference = simulate(config, initial=_initial())
     vmapped = simulate(config.replace(lanes=PROBLEM.seeds), initial=_initial())
-    pooled = simulate(config.replace(lanes=2), initial=_initial(), progress=True)
-    assert "converged" in reference.status_names()
+    capsys.readouterr()
+    pooled = simulate(config.replace(lanes=3), initial=_initial(), progress=True)
+    assert "seeds" in capsys.readouterr().err  # the pool's bar counts finished seeds
+    names = reference.status_names()
+    assert "converged" in names
     _assert_same(pooled, vmapped, rtol=0)
-    _assert_same(pooled, reference, rtol=1e-8)
+    # A seed at the step limit is held to the batched solve only (as above).
+    _assert_same(pooled, reference, rtol=1e-8, skip=[s for s, n in enumerate(names) if n == "step_limit"])
 
 
 def test_pool_is_the_vmapped_solve_step_for_step():
