@@ -76,6 +76,9 @@ def _add_problem_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--momentum", type=float, default=_DEFAULTS.momentum, help="for momentum and nesterov (default %(default)s)")
     g.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="inputs per step for online and minibatch training (default %(default)s)")
     g.add_argument("--num-samples", type=int, default=_DEFAULTS.num_samples, help="training-set size n for --method dataset")
+    g.add_argument("--retract", action="store_true",
+                   help="norm-preserving steps: after each step rescale every router and expert vector to its "
+                        "initial norm, as the flow keeps it (discrete methods; in compare, every SGD run)")
     precision = g.add_mutually_exclusive_group()
     precision.add_argument("--float64", dest="dtype", action="store_const", const="float64", help="double precision (default)")
     precision.add_argument("--float32", dest="dtype", action="store_const", const="float32", help="single precision")
@@ -117,6 +120,7 @@ def _config_from_args(args) -> SimulationConfig:
         momentum=args.momentum,
         batch_size=args.batch_size,
         num_samples=args.num_samples,
+        retract=args.retract,
     )
 
 
