@@ -135,6 +135,20 @@ def fit_law(cells, key, bootstrap=1000):
     return fit_exponent(x, ys, bootstrap=bootstrap)
 
 
+def target_interval(cells, key="escape", level=TOLERANCE, bootstrap=2000, seed=0) -> tuple[float, float]:
+    """Bootstrap 95% interval of the η/B at which the fitted law a·(η/B)^b reaches `level` (seeds resampled per cell)."""
+    x = [c["eta"] / c["batch"] for c in cells]
+    groups = [np.log(y[np.isfinite(y) & (y > 0)]) for y in (_from_json(c[key]) for c in cells)]
+    xs = np.concatenate([np.full(len(g), np.log(v)) for g, v in zip(groups, x)])
+    rng = np.random.default_rng(seed)
+    found = []
+    for _ in range(bootstrap):
+        b, a = np.polyfit(xs, np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups]), 1)
+        found.append((math.log(level) - a) / b if b > 0 else math.nan)
+    low, high = np.nanquantile(np.exp(found), [0.025, 0.975])
+    return float(low), float(high)
+
+
 def _quart(values) -> tuple[float, float, float]:
     from jaxmoe.observables import quartiles
 
@@ -219,6 +233,7 @@ def report(setting, config, flow, flow_wall, cells, dropped, norms, elapsed) -> 
         which = max(targets, key=lambda r: -math.inf if math.isnan(targets[r]) else targets[r])
         target = targets[which]
         predicted = per_sample * config.t_max / target if np.isfinite(target) else math.nan
+        low, high = target_interval([c for c in cells if c["retract"] == which])
         headline = {"agreeing": False, "eta_over_b": target, "predicted_ratio": predicted / flow_wall,
                     "retract": which}
         lines.append(
@@ -226,7 +241,9 @@ def report(setting, config, flow, flow_wall, cells, dropped, norms, elapsed) -> 
             f"({'norm-preserving' if which else 'plain'}; the other: η/B ≈ {targets[not which]:.2g}) reaches "
             f"{TOLERANCE} at η/B ≈ {target:.2g}; at the measured {per_sample * 1e6:.2f} µs per input (all seeds), "
             f"that is {config.t_max / target:.3g} inputs per seed and about {predicted:.0f} s, "
-            f"**{predicted / flow_wall:.0f}×** the flow's wall time (predicted, not measured)."
+            f"**{predicted / flow_wall:.0f}×** the flow's wall time (predicted, not measured; bootstrap 95% interval of "
+            f"that η/B: {low:.2g}–{high:.2g}, so {per_sample * config.t_max / high / flow_wall:.2g}–"
+            f"{per_sample * config.t_max / low / flow_wall:.2g}×)."
         )
     if dropped:
         lines += ["", "Cells left out (more than the sample limit per seed; for a GPU): "

@@ -336,7 +336,7 @@ def compare(
 
 
 def _name(row: CompareRow) -> str:
-    return f"η = {row.learning_rate:g}, B = {row.batch_size}" + (" (norm-preserving)" if row.retract else "")
+    return f"η = {row.learning_rate:g}, B = {row.batch_size}" + (", norm-preserving" if row.retract else "")
 
 
 def headline(rows: list[CompareRow]) -> str:
