@@ -46,13 +46,13 @@ def _is_finite_real(x) -> bool:
         return False
 
 
-def _show(value) -> str:
-    """``repr(value)`` on one line and at most 60 characters, for error messages."""
+def _show(value, limit: int = 60) -> str:
+    """``repr(value)`` on one line and at most `limit` characters, for error messages."""
     try:
         text = " ".join(repr(value).split())
     except ValueError:  # an int with more digits than Python will print
         text = f"<{type(value).__name__}>"
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -354,7 +354,8 @@ class SimulationConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown configuration keys {unknown}; allowed: {', '.join(sorted(known))}")
+            # The allowed names fill most of the line; the unknown ones get what is left.
+            raise ValueError(f"unknown configuration keys {_show(unknown, 40)}; allowed: {', '.join(sorted(known))}")
         return cls(**data)
 
     def to_json(self) -> str:
