@@ -10,7 +10,12 @@ run whose alignment curves stay within 0.05 of the flow, to the flow.
 
 The same experiment is `jaxmoe compare`. Writes
 ``benchmarks/results/ode_vs_sgd-<machine>.md`` and ``…-overlay.png``.
-Timings are reported, never asserted.
+
+    python benchmarks/ode_vs_sgd.py --study [--setting m4] [--seeds 32] [--max-samples 4.2e6]
+
+The study (`ode_vs_sgd_study.py` beside this file): plain and norm-preserving online SGD
+over a grid of (η, B) against the flow from the same seeds; one result file
+per cell, resumable. Timings are reported, never asserted.
 """
 
 from __future__ import annotations
@@ -24,10 +29,16 @@ from common import RESULTS, machine_lines, machine_name, write_atomically
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--study" in argv:  # the study has flags of its own (some with the same names)
+        from ode_vs_sgd_study import main as study_main
+
+        return study_main([a for a in argv if a != "--study"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--t-max", type=float, default=60.0)
     parser.add_argument("--settings", default="0.05:256,0.02:1024,0.01:4096")
+    parser.add_argument("--study", action="store_true", help="the (η, B) study instead (ode_vs_sgd_study.py, with its own flags)")
     args = parser.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
 

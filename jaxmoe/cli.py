@@ -76,6 +76,9 @@ def _add_problem_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--momentum", type=float, default=_DEFAULTS.momentum, help="for momentum and nesterov (default %(default)s)")
     g.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="inputs per step for online and minibatch training (default %(default)s)")
     g.add_argument("--num-samples", type=int, default=_DEFAULTS.num_samples, help="training-set size n for --method dataset")
+    g.add_argument("--retract", action="store_true",
+                   help="norm-preserving steps: after each step rescale every router and expert vector to its "
+                        "initial norm, as the flow keeps it (discrete methods; in compare, every SGD run)")
     precision = g.add_mutually_exclusive_group()
     precision.add_argument("--float64", dest="dtype", action="store_const", const="float64", help="double precision (default)")
     precision.add_argument("--float32", dest="dtype", action="store_const", const="float32", help="single precision")
@@ -117,6 +120,7 @@ def _config_from_args(args) -> SimulationConfig:
         momentum=args.momentum,
         batch_size=args.batch_size,
         num_samples=args.num_samples,
+        retract=args.retract,
     )
 
 
@@ -166,7 +170,13 @@ def _parser() -> _Parser:
     cmp.set_defaults(seeds=2, t_max=100.0, num_times=101)
     cmp.add_argument("--settings", default=",".join(f"{eta:g}:{b}" for eta, b in _compare_defaults()),
                      help="online SGD runs as eta:batch pairs, comma-separated (default %(default)s)")
-    cmp.add_argument("--tolerance", type=float, default=0.05, help="alignment distance counted as agreement (default %(default)s)")
+    cmp.add_argument("--tolerance", type=float, default=0.05,
+                     help="the bound --measure is held to: a deviation ≤ it (also the matched gap at which the runs "
+                          "part), or for 'distribution' a KS p-value > it (default %(default)s)")
+    cmp.add_argument("--measure", default="pairwise",
+                     help="what counts as agreement: pairwise (every alignment curve), matched (best alignment per "
+                          "teacher expert, whole run), escape (matched, up to the flow's first recovery), loss, "
+                          "distribution (recovery times per rank, KS test) (default %(default)s)")
     cmp.add_argument("--epsilon", type=float, default=0.05, help="recovery: alignment ≥ 1 − epsilon (default %(default)s)")
     cmp.add_argument("--out", type=Path, default=None, help="output folder (default runs/compare-<date>-<time>)")
     cmp.add_argument("--overwrite", action="store_true", help="replace a comparison already in --out")
@@ -375,8 +385,16 @@ def _sweep(args) -> int:
 
 
 def _compare(args) -> int:
+    from .compare import MEASURES
+
     try:
+        # --retract applies to the SGD runs; the configuration describes the flow.
+        retract, args.retract = args.retract, False
         config = _config_from_args(args)
+        if retract:
+            config.replace(method="online", retract=True)  # validates the expert family
+        if args.measure not in MEASURES:
+            raise ValueError(f"unknown --measure {args.measure!r}; allowed: {', '.join(MEASURES)}")
         settings = _parse_settings(args.settings)
         for eta, batch in settings:
             config.replace(learning_rate=eta, batch_size=batch)
@@ -387,15 +405,18 @@ def _compare(args) -> int:
     except ValueError as err:
         raise _UsageError(str(err)) from None
     out = _output_folder(args, "compare", "compare.md", config)
-    from .compare import compare, format_table, headline, write_compare
+    from .compare import compare, format_distributions, format_table, headline, write_compare
 
     print(f"jaxmoe compare: d = {config.d}, m = {config.m}, m* = {config.m_star}, {config.seeds} seeds, "
-          f"t_max = {config.t_max:g}, online SGD at {len(settings)} settings", flush=True)
-    rows, results = compare(config, settings, epsilon=args.epsilon, tolerance=args.tolerance,
-                            log=lambda text: print(text, flush=True))
+          f"t_max = {config.t_max:g}, {'norm-preserving ' if retract else ''}online SGD at {len(settings)} settings, "
+          f"agreement measured by {args.measure}", flush=True)
+    rows, results = compare(config, settings, epsilon=args.epsilon, tolerance=args.tolerance, measure=args.measure,
+                            retract=retract, log=lambda text: print(text, flush=True))
     write_compare(rows, results, out)
     print()
     print(format_table(rows))
+    print()
+    print(format_distributions(rows))
     print()
     print(headline(rows))
     print(f"wrote {out}/: compare.md, compare.csv, overlay.png, config.json and one result folder per run")

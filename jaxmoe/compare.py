@@ -6,6 +6,15 @@ what it costs: every seed is drawn once in d dimensions; the flow runs on its
 exact coordinates in the span of teacher and student (pathwise the same
 flow, `init.project_to_span`), and online SGD runs in d dimensions from the
 same vectors for each (η, B). Both report on the time axis t = steps × η.
+
+Pathwise agreement over a whole run is rare: the flow leaves each plateau at
+a time set by its distance from the saddle's stable manifold, and gradient
+noise far smaller than the signal moves that time. So beside the pairwise
+deviation the comparison measures what can agree (`measures`): the matched
+(permutation-invariant) deviation over the whole run and up to the flow's
+first recovery, the time at which the two part, the per-rank recovery-time
+distributions over seeds (two-sample Kolmogorov–Smirnov test, ratio of
+medians) and the loss curves' deviation.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -22,11 +32,21 @@ import numpy as np
 
 from .config import SimulationConfig
 from .init import init_problem, project_to_span
-from .observables import recovery
+from .observables import first_crossing, quartiles, recovery
 from .results import Result, save, write_atomic
 from .simulation import simulate
+from .stats import ks_2samp
 
-__all__ = ["CompareRow", "compare", "DEFAULT_SETTINGS", "format_table", "headline", "plot_overlay", "write_compare"]
+__all__ = [
+    "CompareRow", "compare", "DEFAULT_SETTINGS", "MEASURES", "best_alignment", "format_distributions",
+    "format_table", "headline", "matched_gap", "measures", "plot_overlay", "write_compare",
+]
+
+# What `--tolerance` can apply to (`CompareRow.within`): the pairwise
+# alignment deviation, the matched deviation over the whole run or up to the
+# flow's first recovery, the loss deviation (each ≤ tolerance), or the
+# recovery-time distributions (every rank's KS p-value > tolerance).
+MEASURES = ("pairwise", "matched", "escape", "loss", "distribution")
 
 # (learning rate η, batch size B) pairs tried by default: from cheap and noisy
 # to expensive and close to the flow.
@@ -44,9 +64,25 @@ class CompareRow:
       drawn per seed, steps·B.
     - `max_deviation`: ``max_{s,t,i,j} |a_ij(t) − a^flow_ij(t)|`` over router
       and expert alignments, the flow's linearly interpolated to the SGD times.
-    - `recovery_time`: for k = 1 … m*, the median over seeds of each seed's
+    - `recovery_time`: for k = 1 … m*, the median over seeds (the lower
+      median, an actual seed's value: ``inf`` counts as later than all) of each seed's
       k-th recovery time ``min{t : max_i w̄_i·w̄*_j(t) ≥ 1 − ε}`` (sorted over j).
-    - `within`: ``max_deviation ≤ tolerance``.
+    - `matched_deviation`: the (lower) median over seeds of each seed's matched
+      deviation ``max_{t,j} |b_j(t) − b^flow_j(t)|``, b_j the best alignment
+      with teacher j over student experts, for experts and for routers
+      (`matched_gap`): permutation-invariant; `escape_deviation`: the same
+      for t up to the flow's first recovery in that seed (the whole run if
+      the flow recovers nothing).
+    - `parting_time`: the median over seeds of the first time the matched
+      gap reaches the tolerance (``inf``: never).
+    - `loss_deviation`: the median over seeds of ``max_t |L(t) − L^flow(t)|``.
+    - `ks_statistic`, `ks_pvalue`, `median_ratio`: for k = 1 … m*, the
+      two-sample Kolmogorov–Smirnov test (`jaxmoe.stats.ks_2samp`) of the
+      seeds' k-th recovery times against the flow's (``inf`` for a recovery
+      that did not happen), and the ratio of their medians (SGD / flow).
+    - `retract`: norm-preserving SGD (`SimulationConfig.retract`).
+    - `within`: the `measure` the comparison was asked for is within
+      tolerance (`MEASURES`); for the flow, always.
 
     Example::
 
@@ -64,7 +100,15 @@ class CompareRow:
     samples: int  # inputs drawn per seed
     max_deviation: float  # largest |alignment − flow's| over seeds, times, pairs (router and expert)
     recovery_time: tuple[float, ...]  # median over seeds of the k-th expert recovery, k = 1 … m*
-    within: bool  # max_deviation ≤ the tolerance
+    within: bool  # the chosen measure within tolerance
+    matched_deviation: float = 0.0  # median over seeds, whole run
+    escape_deviation: float = 0.0  # median over seeds, up to the flow's first recovery
+    parting_time: float = math.inf  # median over seeds of the first time the matched gap reaches the tolerance
+    loss_deviation: float = 0.0  # median over seeds of max_t |ΔL|
+    ks_statistic: tuple[float, ...] = ()  # per recovery rank k
+    ks_pvalue: tuple[float, ...] = ()
+    median_ratio: tuple[float, ...] = ()  # median k-th recovery time, SGD / flow
+    retract: bool = False
 
 
 def _interpolate(values: np.ndarray, times: np.ndarray, at: np.ndarray) -> np.ndarray:
@@ -83,10 +127,117 @@ def _deviation(result: Result, flow: Result) -> float:
     return worst
 
 
-def _recovery_median(result: Result, epsilon: float) -> tuple[float, ...]:
+def best_alignment(result: Result) -> np.ndarray:
+    """For each teacher expert j, the best alignment over student experts, at every saved time.
+
+    ``b_j(t) = max_i w̄_i·w̄*_j(t)`` (experts) and ``max_i v̄_i·v̄*_j(t)``
+    (routers). Taking the maximum at each time, rather than following one
+    student chosen once, keeps the curve continuous and independent of how
+    the student experts are numbered: on the plateau every overlap is of
+    order d^(−1/2) and which one is largest changes from time to time.
+
+    **Arguments:** a `Result` with alignments ``(S, T, m, m*)``.
+
+    **Returns:** ``(S, T, m*, 2)``: ``[..., 0]`` experts, ``[..., 1]`` routers.
+    """
+    curves = [np.nanmax(getattr(result, name), axis=2) for name in ("expert_alignment", "router_alignment")]
+    return np.stack(curves, axis=-1)
+
+
+def matched_gap(result: Result, flow: Result) -> np.ndarray:
+    """The matched gap at each of `result`'s saved times: ``max_{j, kind} |b_j(t) − b^flow_j(t)|``.
+
+    `best_alignment` of both, the flow's linearly interpolated to `result`'s
+    times (SGD saves at multiples of η). Invariant under any relabelling of
+    either run's student experts.
+
+    **Returns:** ``(S, T)``.
+    """
+    reference = _interpolate(best_alignment(flow), flow.times, result.times)
+    return np.max(np.abs(best_alignment(result) - reference), axis=(2, 3))
+
+
+def _kth_recoveries(result: Result, epsilon: float) -> np.ndarray:
     times, _ = recovery(result.expert_alignment, result.times, epsilon)
-    ordered = np.sort(times, axis=1)  # k-th recovery of each seed
-    return tuple(float(v) for v in np.median(ordered, axis=0))
+    return np.sort(times, axis=1)  # (S, m*): the k-th recovery of each seed
+
+
+def measures(result: Result, flow: Result, *, epsilon: float = 0.05, tolerance: float = 0.05) -> dict:
+    """Per-seed agreement of a run with the flow from the same seeds (both on linear time grids).
+
+    **Arguments:** `result` (e.g. online SGD) and `flow` with the same seeds;
+    `epsilon` (recovery: alignment ≥ 1 − ε); `tolerance` (parting).
+
+    **Returns:** a dict of NumPy arrays over seeds ``(S,)`` unless said:
+
+    - ``pairwise``: ``max_{t,i,j} |a_ij − a^flow_ij|`` (routers and experts);
+    - ``matched``: ``max_t`` of the matched gap (`matched_gap`);
+    - ``escape``: the same over ``t ≤ t₁``, t₁ the flow's first recovery in
+      the seed (``min_j`` of `observables.recovery`; the whole run if none);
+    - ``parting``: the first time the matched gap reaches `tolerance`
+      (linearly interpolated, `observables.first_crossing`; ``inf``: never);
+    - ``loss``: ``max_t |L(t) − L^flow(t)|``;
+    - ``first_recovery_flow``: t₁; ``recovery``, ``recovery_flow``: the k-th
+      recovery times ``(S, m*)`` of each run.
+    """
+    gap = matched_gap(result, flow)
+    recovered = _kth_recoveries(result, epsilon)
+    recovered_flow = _kth_recoveries(flow, epsilon)
+    first = recovered_flow[:, 0]
+    before = result.times[None, :] <= first[:, None]
+    pairwise = np.zeros(result.num_seeds)
+    for name in ("expert_alignment", "router_alignment"):
+        reference = _interpolate(getattr(flow, name), flow.times, result.times)
+        pairwise = np.maximum(pairwise, np.nanmax(np.abs(getattr(result, name) - reference), axis=(1, 2, 3)))
+    loss_flow = _interpolate(flow.loss[..., None], flow.times, result.times)[..., 0]
+    return {
+        "pairwise": pairwise,
+        "matched": np.max(gap, axis=1),
+        "escape": np.max(np.where(before, gap, 0.0), axis=1),
+        "parting": first_crossing(gap, result.times, tolerance),
+        "loss": np.nanmax(np.abs(result.loss - loss_flow), axis=1),
+        "first_recovery_flow": first,
+        "recovery": recovered,
+        "recovery_flow": recovered_flow,
+    }
+
+
+def _median(values: np.ndarray) -> float:
+    return float(quartiles(values)["median"])  # an actual entry: inf counts as larger than all
+
+
+def recovery_distributions(recovered: np.ndarray, recovered_flow: np.ndarray):
+    """Per recovery rank k: ``(D, p, ratio of medians)`` of the seeds' k-th recovery times, SGD against flow.
+
+    `jaxmoe.stats.ks_2samp` on the two samples (``inf``: not recovered);
+    the ratio is ``median(SGD) / median(flow)`` (``nan`` when both are inf).
+
+    **Arguments:** ``(S, m*)`` and ``(S', m*)`` sorted recovery times (`measures`).
+
+    **Returns:** three tuples of m* floats.
+    """
+    stat, pvalue, ratio = [], [], []
+    for k in range(recovered.shape[1]):
+        d, p = ks_2samp(recovered[:, k], recovered_flow[:, k])
+        a, b = _median(recovered[:, k]), _median(recovered_flow[:, k])
+        stat.append(d)
+        pvalue.append(p)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio.append(float(np.divide(a, b)) if not (np.isinf(a) and np.isinf(b)) else math.nan)
+    return tuple(stat), tuple(pvalue), tuple(ratio)
+
+
+def _within(measure: str, row: CompareRow, tolerance: float) -> bool:
+    if measure == "distribution":
+        return all(p > tolerance for p in row.ks_pvalue)
+    value = {"pairwise": row.max_deviation, "matched": row.matched_deviation, "escape": row.escape_deviation,
+             "loss": row.loss_deviation}[measure]
+    return bool(value <= tolerance)
+
+
+def _recovery_median(result: Result, epsilon: float) -> tuple[float, ...]:
+    ordered = _kth_recoveries(result, epsilon)
+    return tuple(_median(ordered[:, k]) for k in range(ordered.shape[1]))
 
 
 def _timed(config: SimulationConfig, initial, seed_index, warm_config: SimulationConfig) -> tuple[Result, float]:
@@ -104,6 +255,8 @@ def compare(
     *,
     epsilon: float = 0.05,
     tolerance: float = 0.05,
+    measure: str = "pairwise",
+    retract: bool = False,
     log=print,
 ) -> tuple[list[CompareRow], dict[str, Result]]:
     """Run gradient flow and online SGD from the same seeds; tabulate cost and fidelity.
@@ -114,9 +267,12 @@ def compare(
       its method, mode, time grid and loss threshold are ignored.
     - `settings`: ``(η, B)`` pairs for online SGD.
     - `epsilon`: recovery means alignment ≥ 1 − ε.
-    - `tolerance`: a run is "within" when its alignment curves stay within
-      this distance of the flow's at every saved time.
-
+    - `tolerance`: the bound `measure` is held to (`MEASURES`): a deviation
+      ≤ tolerance, or for ``"distribution"`` every rank's KS p-value >
+      tolerance; also the matched gap at which the runs part.
+    - `measure`: one of `MEASURES` (default ``"pairwise"``: every alignment
+      curve within tolerance of the flow's at every saved time).
+    - `retract`: norm-preserving online SGD (`SimulationConfig.retract`).
     - `log`: where progress lines go (default `print`).
 
     The flow runs on the exact span coordinates of the same d-dimensional draw
@@ -125,21 +281,27 @@ def compare(
     after a short warm-up run of the same shapes, so compilation is excluded.
 
     **Returns:** ``(rows, results)``: one `CompareRow` per method (the flow
-    first) and the `Result` of each, keyed ``"flow"`` and ``"online-eta…-B…"``.
+    first) and the `Result` of each, keyed ``"flow"`` and ``"online-eta…-B…"``
+    (``…-retract`` for norm-preserving runs).
 
     Example::
 
         import jaxmoe.compare
         config = jaxmoe.SimulationConfig(d=50, m=4, m_star=2, seeds=2, t_max=10.0, num_times=21)
-        rows, results = jaxmoe.compare.compare(config, settings=((0.05, 64),))
+        rows, results = jaxmoe.compare.compare(config, settings=((0.05, 64),), measure="escape")
         print(jaxmoe.compare.format_table(rows))
     """
     settings = [(float(eta), int(batch)) for eta, batch in settings]
     if not settings:
         raise ValueError("settings must name at least one (learning rate, batch size) pair")
+    if measure not in MEASURES:
+        raise ValueError(f"unknown measure {measure!r}; allowed: {', '.join(MEASURES)}")
+    for name, value in (("epsilon", epsilon), ("tolerance", tolerance)):
+        if not 0 < value < 1:
+            raise ValueError(f"{name} must be in (0, 1); got {value!r}")
     for eta, batch in settings:
         SimulationConfig(learning_rate=eta, batch_size=batch)  # validates both
-    base = config.replace(mode="full", method="flow", time_grid="linear", loss_threshold=None)
+    base = config.replace(mode="full", method="flow", time_grid="linear", loss_threshold=None, retract=False)
     seed_index = np.arange(base.seeds)
     with jax.enable_x64(base.state_dtype == "float64"):
         teacher, student = init_problem(base, seed_index.astype(np.int32))
@@ -149,23 +311,32 @@ def compare(
     log(f"gradient flow ({base.seeds} seeds, t_max = {base.t_max:g}) ...")
     flow, wall = _timed(base, span, seed_index, base.replace(t_max=base.t_max * 1e-3))
     results["flow"] = flow
+    m_star = base.m_star
     rows.append(
-        CompareRow("flow", None, None, wall, int(np.max(flow.num_steps)), 0, 0.0, _recovery_median(flow, epsilon), True)
+        CompareRow("flow", None, None, wall, int(np.max(flow.num_steps)), 0, 0.0, _recovery_median(flow, epsilon), True,
+                   ks_statistic=(0.0,) * m_star, ks_pvalue=(1.0,) * m_star, median_ratio=(1.0,) * m_star)
     )
     for eta, batch in settings:
-        log(f"online SGD η = {eta:g}, B = {batch} ...")
-        online = base.replace(method="online", learning_rate=eta, batch_size=batch)
+        log(f"online SGD η = {eta:g}, B = {batch}{' (norm-preserving)' if retract else ''} ...")
+        online = base.replace(method="online", learning_rate=eta, batch_size=batch, retract=retract)
         result, wall = _timed(online, (teacher, student), seed_index, online.replace(t_max=eta))
-        deviation = _deviation(result, flow)
+        found = measures(result, flow, epsilon=epsilon, tolerance=tolerance)
+        stat, pvalue, ratio = recovery_distributions(found["recovery"], found["recovery_flow"])
         steps = int(result.num_steps[0])
-        results[f"online-eta{eta:g}-B{batch}"] = result
-        rows.append(
-            CompareRow(
-                "online", eta, batch, wall, steps, steps * batch, deviation,
-                _recovery_median(result, epsilon), deviation <= tolerance,
-            )
+        results[f"online-eta{eta:g}-B{batch}" + ("-retract" if retract else "")] = result
+        row = CompareRow(
+            "online", eta, batch, wall, steps, steps * batch, float(np.max(found["pairwise"])),
+            _recovery_median(result, epsilon), False,
+            matched_deviation=_median(found["matched"]), escape_deviation=_median(found["escape"]),
+            parting_time=_median(found["parting"]), loss_deviation=_median(found["loss"]),
+            ks_statistic=stat, ks_pvalue=pvalue, median_ratio=ratio, retract=retract,
         )
+        rows.append(dataclasses.replace(row, within=_within(measure, row, tolerance)))
     return rows, results
+
+
+def _name(row: CompareRow) -> str:
+    return f"η = {row.learning_rate:g}, B = {row.batch_size}" + (", norm-preserving" if row.retract else "")
 
 
 def headline(rows: list[CompareRow]) -> str:
@@ -176,18 +347,25 @@ def headline(rows: list[CompareRow]) -> str:
         slowest = max(rows[1:], key=lambda r: r.wall_time_s)
         return (
             f"no online SGD run stayed within tolerance; the most expensive tried "
-            f"(η = {slowest.learning_rate:g}, B = {slowest.batch_size}) took "
-            f"{slowest.wall_time_s / flow.wall_time_s:.0f}× the flow's wall time"
+            f"({_name(slowest)}) took {slowest.wall_time_s / flow.wall_time_s:.0f}× the flow's wall time"
         )
     cheapest = min(within, key=lambda r: r.wall_time_s)
     return (
-        f"cheapest online SGD within tolerance: η = {cheapest.learning_rate:g}, B = {cheapest.batch_size}, "
+        f"cheapest online SGD within tolerance: {_name(cheapest)}, "
         f"{cheapest.wall_time_s / flow.wall_time_s:.0f}× the wall time of exact gradient flow"
     )
 
 
+def _method(row: CompareRow) -> str:
+    return row.method + (", retracted" if row.retract else "")
+
+
 def format_table(rows: list[CompareRow]) -> str:
-    """A markdown table of the rows: one line per `CompareRow`, one recovery column per teacher expert.
+    """A markdown table of the rows: cost, every deviation measure, one recovery column per teacher expert.
+
+    The deviations: ``max Δ`` pairwise (the largest over seeds); matched
+    over the whole run and up to the flow's first recovery, the parting
+    time and the loss deviation (medians over seeds; `CompareRow`).
 
     Example::
 
@@ -197,21 +375,45 @@ def format_table(rows: list[CompareRow]) -> str:
         print(jaxmoe.compare.format_table(rows))
     """
     m_star = len(rows[0].recovery_time)
-    head = ["method", "η", "B", "wall time (s)", "steps", "samples/seed", "max Δ alignment", "within"]
+    head = ["method", "η", "B", "wall time (s)", "steps", "samples/seed", "max Δ alignment", "matched Δ",
+            "matched Δ to 1st recovery", "parting t", "Δ loss", "within"]
     head += [f"recovery {k + 1} (median t)" for k in range(m_star)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [
-            r.method,
+            _method(r),
             "—" if r.learning_rate is None else f"{r.learning_rate:g}",
             "—" if r.batch_size is None else str(r.batch_size),
             f"{r.wall_time_s:.2f}",
             str(r.steps),
             f"{r.samples:.3g}",
             f"{r.max_deviation:.3f}",
+            f"{r.matched_deviation:.3f}",
+            f"{r.escape_deviation:.3f}",
+            "—" if r.method == "flow" else f"{r.parting_time:.1f}",
+            f"{r.loss_deviation:.3g}",
             "yes" if r.within else "no",
         ] + [f"{t:.1f}" for t in r.recovery_time]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_distributions(rows: list[CompareRow]) -> str:
+    """A markdown table of the recovery-time distributions: per SGD run and rank, KS D, p and the ratio of medians.
+
+    Example::
+
+        import jaxmoe.compare
+        config = jaxmoe.SimulationConfig(d=50, m=4, m_star=2, seeds=4, t_max=10.0, num_times=21)
+        rows, results = jaxmoe.compare.compare(config, settings=((0.05, 64),))
+        print(jaxmoe.compare.format_distributions(rows))
+    """
+    lines = ["| method | η | B | recovery | median t (SGD) | median t (flow) | KS D | KS p | median ratio |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows[1:]:
+        for k, (d, p, q) in enumerate(zip(r.ks_statistic, r.ks_pvalue, r.median_ratio)):
+            lines.append(f"| {_method(r)} | {r.learning_rate:g} | {r.batch_size} | {k + 1} | {r.recovery_time[k]:.1f} | "
+                         f"{rows[0].recovery_time[k]:.1f} | {d:.3f} | {p:.3g} | {q:.3g} |")
     return "\n".join(lines)
 
 
@@ -221,7 +423,9 @@ def _csv(rows: list[CompareRow]) -> str:
     out.write(",".join(fields) + "\n")
     for r in rows:
         values = dataclasses.asdict(r)
-        values["recovery_time"] = " ".join(f"{t:.6g}" for t in r.recovery_time)
+        for name, value in values.items():
+            if isinstance(value, tuple):
+                values[name] = " ".join(f"{t:.6g}" for t in value)
         out.write(",".join("" if values[f] is None else str(values[f]) for f in fields) + "\n")
     return out.getvalue()
 
@@ -299,11 +503,11 @@ def write_compare(rows, results, folder: str | os.PathLike) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     for name, result in results.items():
         save(result, folder / name)
-    table = format_table(rows) + "\n\n" + headline(rows) + "\n"
+    table = format_table(rows) + "\n\n" + format_distributions(rows) + "\n\n" + headline(rows) + "\n"
     write_atomic(folder / "compare.md", table.encode())
     write_atomic(folder / "compare.csv", _csv(rows).encode())
     header = {"format": "jaxmoe.compare", "version": 1, "config": results["flow"].config.to_dict(),
-              "settings": [[r.learning_rate, r.batch_size] for r in rows[1:]]}
+              "settings": [[r.learning_rate, r.batch_size] for r in rows[1:]], "retract": rows[-1].retract}
     write_atomic(folder / "config.json", (json.dumps(header, indent=2) + "\n").encode())
     _write_png(plot_overlay(results), folder / "overlay.png")
     return [folder / "compare.md", folder / "compare.csv", folder / "overlay.png"]

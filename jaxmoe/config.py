@@ -46,13 +46,13 @@ def _is_finite_real(x) -> bool:
         return False
 
 
-def _show(value) -> str:
-    """``repr(value)`` on one line and at most 60 characters, for error messages."""
+def _show(value, limit: int = 60) -> str:
+    """``repr(value)`` on one line and at most `limit` characters, for error messages."""
     try:
         text = " ".join(repr(value).split())
     except ValueError:  # an int with more digits than Python will print
         text = f"<{type(value).__name__}>"
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +135,11 @@ class SimulationConfig:
       `momentum`), ``"adam"``, ``"rmsprop"``; used by the discrete methods
       (online and dataset training use it too). `learning_rate` η: step k
       sits at time t = k·η.
+    - `retract`: norm-preserving training (discrete methods, He_k experts):
+      after every step each router and expert vector is rescaled to its norm
+      at the start, as the flow keeps it (the loss depends on directions
+      only, so the flow's velocity is orthogonal to each vector; a discrete
+      step is not, and grows the norms by O(η²) per step).
 
     **Raises:** `ValueError` with a one-line message naming the field, for any
     invalid value or combination (e.g. 2·m_star > d, ``"rk4"`` without `dt`,
@@ -179,6 +184,7 @@ class SimulationConfig:
     momentum: float = 0.9
     batch_size: int = 256
     num_samples: int | None = None
+    retract: bool = False
 
     def __post_init__(self):
         for name in ("d", "m", "m_star", "seeds", "num_times", "max_steps"):
@@ -251,6 +257,14 @@ class SimulationConfig:
             raise ValueError(f"dtype 'mixed' applies to method 'flow' only; got method {self.method!r}")
         if self.method == "flow" and self.dtype == "mixed" and self.solver != "auto":
             raise ValueError(f"dtype 'mixed' needs solver 'auto' (float32 before the flow turns stiff); got {self.solver!r}")
+        if not isinstance(self.retract, bool):
+            raise ValueError(f"retract must be True or False; got {_show(self.retract)}")
+        if self.retract and self.method == "flow":
+            raise ValueError("retract applies to the discrete methods optax, online, dataset (the flow keeps every norm); got method 'flow'")
+        if self.retract and not Expert.from_string(self.expert).name.startswith("he"):
+            raise ValueError(
+                f"retract needs experts used through their direction (he1 … he4); got expert {self.expert!r}"
+            )
         if self.method == "dataset" and self.num_samples is None:
             raise ValueError("method 'dataset' needs num_samples, the size of the training set")
         if self.method != "flow" and self.t_max / self.learning_rate > 1e8:
@@ -340,7 +354,8 @@ class SimulationConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown configuration keys {unknown}; allowed: {', '.join(sorted(known))}")
+            # The allowed names fill most of the line; the unknown ones get what is left.
+            raise ValueError(f"unknown configuration keys {_show(unknown, 40)}; allowed: {', '.join(sorted(known))}")
         return cls(**data)
 
     def to_json(self) -> str:

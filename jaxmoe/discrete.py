@@ -12,6 +12,10 @@ learning rate η sits at time t = k·η, so its curves overlay the flow's.
   minibatches of B drawn without replacement at every step; the training
   loss is saved beside the exact population loss.
 
+With ``retract=True`` every step is followed by a rescaling of each router and
+expert vector to its initial norm (`retract`): the flow keeps those norms, a
+discrete step grows them.
+
 The whole run is one `lax.scan` over saved times, each advancing all seeds
 (`jax.vmap`) by the steps up to the next saved time; the scan is compiled once.
 With several local devices the seeds are split between them
@@ -25,6 +29,7 @@ import functools
 import threading
 from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,7 +41,7 @@ from .init import seed_key
 from .models import Model, model_forward, model_loss
 from .observables import observe
 
-__all__ = ["make_optimizer", "step_schedule", "train"]
+__all__ = ["make_optimizer", "retract", "step_schedule", "train", "vector_norms"]
 
 # Independent stream for the data of each seed (the initialisation uses the
 # seed's key itself).
@@ -87,6 +92,54 @@ def step_schedule(config: SimulationConfig, times: np.ndarray) -> np.ndarray:
     return np.rint(np.asarray(times) / config.learning_rate).astype(np.int64)
 
 
+# The vectors the model reads through their directions only (v̄, w̄, ū): the
+# flow keeps their norms, and the retraction puts them back after each step.
+_DIRECTION_FIELDS = ("router", "expert", "group_router")
+
+
+def vector_norms(model: Model) -> dict[str, jax.Array]:
+    """The norm of every router and expert vector: ``{"router": (..., m), "expert": (..., m)}``
+    (and ``"group_router"`` for a hierarchical gate), over the last axis.
+
+    Example::
+
+        k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+        jaxmoe.discrete.vector_norms(jaxmoe.init_student(4, 50, key=k2))["expert"].shape   # (4,)
+    """
+    return {
+        name: jnp.linalg.norm(getattr(model, name), axis=-1)
+        for name in _DIRECTION_FIELDS
+        if getattr(model, name, None) is not None
+    }
+
+
+def retract(model: Model, norms: dict[str, jax.Array]) -> Model:
+    """Rescale every router and expert vector to the given norms: ``v ← v · ‖v₀‖ / ‖v‖``.
+
+    The model depends on these vectors only through their directions, so the
+    function it computes is unchanged; the step is undone only in the radial
+    direction, which the gradient flow never moves (DESIGN §1).
+
+    **Arguments:** `model`; `norms` as `vector_norms` returns them (usually
+    of the initial model).
+
+    **Returns:** the model with rescaled vectors.
+
+    Example::
+
+        k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+        student = jaxmoe.init_student(4, 50, key=k2)
+        moved = jax.tree_util.tree_map(lambda a: 1.5 * a, student)
+        jaxmoe.discrete.retract(moved, jaxmoe.discrete.vector_norms(student))   # back to the start's norms
+    """
+    names = tuple(norms)
+    scaled = tuple(
+        getattr(model, name) * (norms[name] / jnp.linalg.norm(getattr(model, name), axis=-1))[..., None]
+        for name in names
+    )
+    return eqx.tree_at(lambda m: tuple(getattr(m, name) for name in names), model, scaled)
+
+
 def _empirical_loss(student: Model, teacher: Model, x, t=None) -> jax.Array:
     return 0.5 * jnp.mean((model_forward(student, x, t) - model_forward(teacher, x, t)) ** 2)
 
@@ -101,6 +154,7 @@ class _Spec(NamedTuple):
     learning_rate: float
     momentum: float
     progress: bool
+    retract: bool
     block: int | None  # seeds per vmapped block (`devices.seed_block`); None: all at once
 
 
@@ -121,14 +175,17 @@ def _compiled_train(spec: _Spec, custom: optax.GradientTransformation | None):
         rows = jax.random.permutation(key, spec.num_samples)[: spec.batch_size]
         return jax.grad(_empirical_loss)(student, teacher, data[rows], t)
 
-    def step_one(k, student, opt_state, teacher, data, key):
+    def step_one(k, student, opt_state, teacher, data, key, norms):
         # Step k sits at flow time k·η, which a temperature schedule reads.
         t = k * spec.learning_rate
         grad = gradient(student, teacher, data, jax.random.fold_in(key, k), t)
         updates, opt_state = optimizer.update(grad, opt_state, student)
-        return optax.apply_updates(student, updates), opt_state
+        student = optax.apply_updates(student, updates)
+        if spec.retract:
+            student = retract(student, norms)
+        return student, opt_state
 
-    step_all = jax.vmap(step_one, in_axes=(None, 0, 0, 0, 0, 0))
+    step_all = jax.vmap(step_one, in_axes=(None, 0, 0, 0, 0, 0, 0))
 
     def observe_one(student, teacher, data, t):
         out = observe(student, teacher, t)
@@ -140,12 +197,13 @@ def _compiled_train(spec: _Spec, custom: optax.GradientTransformation | None):
 
     def run(student, teacher, data, keys, save_steps):
         opt_state = jax.vmap(optimizer.init)(student)
+        norms = jax.vmap(vector_norms)(student)  # the norms the retraction keeps
 
         def interval(carry, target):
             student, opt_state, k = carry
 
             def body(k, state):
-                return step_all(k, *state, teacher, data, keys)
+                return step_all(k, *state, teacher, data, keys, norms)
 
             student, opt_state = jax.lax.fori_loop(k, target, body, (student, opt_state))
             if spec.progress:
@@ -227,7 +285,8 @@ def train(
     (``"optax"``), or of the empirical loss
     ``½ (1/B) Σ_b (f_student(x_b) − f_teacher(x_b))²`` over a fresh Gaussian
     batch (``"online"``) or a batch of the seed's training set
-    (``"dataset"``). `jaxmoe.simulate` is the usual entry point.
+    (``"dataset"``). With ``config.retract`` every vector is then rescaled
+    to its norm at the start (`retract`). `jaxmoe.simulate` is the usual entry point.
 
     **Arguments:**
 
@@ -269,7 +328,8 @@ def train(
     data, keys = jax.jit(jax.vmap(streams))(jnp.asarray(seed_index, jnp.int32))
     spec = _Spec(
         config.method, config.batch_size, config.num_samples,
-        config.optimizer, config.learning_rate, config.momentum, progress, seed_block(config.m, config.m_star),
+        config.optimizer, config.learning_rate, config.momentum, progress, config.retract,
+        seed_block(config.m, config.m_star),
     )
     run = _compiled_train(spec, transformation)
     if progress:

@@ -114,6 +114,8 @@ def valid_kwargs(draw) -> dict:
         momentum=draw(st.floats(min_value=0.0, max_value=1.0, exclude_max=True)),
         batch_size=draw(st.integers(1, 10**9)),
         num_samples=num_samples,
+        # Norm-preserving steps: discrete methods with He_k experts only.
+        retract=draw(st.booleans()) if method != "flow" and expert.startswith("he") else False,
     )
 
 
@@ -193,6 +195,7 @@ INVALID = {
     "t_first": bad_open_unit | st.none(),
     "recovery_epsilon": bad_open_unit,
     "momentum": bad_momentum,
+    "retract": st.one_of(st.integers(), st.none(), st.floats(), wrong_type, st.just(np.bool_(True))),
     # Invalid for every solver (a solver that does not use them refuses any value).
     "rkc_safety": st.one_of(st.floats(max_value=1.0, exclude_max=True), st.integers(max_value=0), non_finite,
                             st.booleans(), wrong_type),
@@ -365,7 +368,7 @@ def test_discrete_methods_take_at_most_1e8_steps(config, method, learning_rate, 
     t_max = learning_rate * 1e8 * factor
     assume(math.isfinite(t_max) and t_max / learning_rate > 1e8)
     changes = dict(method=method, num_samples=config.num_samples or 1, learning_rate=learning_rate, t_max=t_max,
-                   dt=None, solver="tsit5", rkc_safety=None, auto_switch=None, lanes=None,
+                   retract=False, dt=None, solver="tsit5", rkc_safety=None, auto_switch=None, lanes=None,
                    dtype="float32" if config.dtype == "mixed" else config.dtype)
     assert_rejected(lambda: config.replace(**changes), "t_max", "learning_rate")
     # The same rule does not apply to gradient flow.
@@ -377,8 +380,19 @@ def test_discrete_methods_take_at_most_1e8_steps(config, method, learning_rate, 
 def test_dt_must_not_exceed_t_max(config, t_max, factor):
     dt = t_max * factor
     assume(math.isfinite(dt) and dt > t_max)
-    changes = dict(t_max=t_max, dt=dt, method="flow")
+    changes = dict(t_max=t_max, dt=dt, method="flow", retract=False)
     assert_rejected(lambda: config.replace(**changes), "dt", "t_max")
+
+
+@FAST
+@given(valid_configs, st.sampled_from(["flow"] + [e for e in VALID_EXPERTS if not e.startswith("he")]))
+def test_retract_needs_a_discrete_method_and_hermite_experts(config, what):
+    flow_only = dict(lanes=None, dtype="float32" if config.dtype == "mixed" else config.dtype)
+    if what == "flow":
+        assert_rejected(lambda: config.replace(method="flow", retract=True), "retract", "flow")
+    else:
+        changes = dict(method="online", expert=what, retract=True, **flow_only)
+        assert_rejected(lambda: config.replace(**changes), "retract", "expert")
 
 
 @FAST
