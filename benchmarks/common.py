@@ -48,7 +48,7 @@ def machine_lines() -> list[str]:
     return [
         f"- machine: {cpu_model()} ({os.cpu_count()} logical cores); JAX {jax.__version__} on "
         f"{device.platform} (`{device.device_kind}`)",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
     ]
 
 

@@ -58,8 +58,9 @@ import numpy as np
 # importable without an install, however the script is started.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-import jaxmoe  # noqa: E402
 from common import RESULTS, machine_lines, machine_name, write_atomically  # noqa: E402
+
+import jaxmoe  # noqa: E402
 from jaxmoe import MoE  # noqa: E402
 
 # The paper's Figure 1 setting.

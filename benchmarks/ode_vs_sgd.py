@@ -24,7 +24,6 @@ import argparse
 import sys
 
 import jax
-
 from common import RESULTS, machine_lines, machine_name, write_atomically
 
 

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-
 from common import RESULTS, machine_lines, machine_name, write_atomically
 
 SETTINGS = {  # name: (m, m*, d)

@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _merge(results: list) -> "rates.RatesResult":
+def _merge(results: list) -> rates.RatesResult:
     """One `RatesResult` from results of single settings run with the same grid."""
     import numpy as np
 

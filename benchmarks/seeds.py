@@ -62,8 +62,9 @@ import numpy as np
 # importable without an install, however the script is started.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-import jaxmoe  # noqa: E402
 from common import RESULTS, machine_lines, machine_name, write_atomically  # noqa: E402
+
+import jaxmoe  # noqa: E402
 
 # A single seed takes 7 solver steps to t = 0.5, 10 to t = 1, about 50 to
 # t = 3 and 160 to t = 10 (the first steps are short while the student leaves

@@ -27,16 +27,57 @@ from .population import (
 __version__ = "0.1.0"
 
 from . import observables
+from .chunks import run_chunked
 from .config import METHODS, OPTIMIZERS, SimulationConfig
-from .flow import time_grid
-from .simulation import simulate
 from .discrete import make_optimizer
+from .flow import time_grid
 from .observables import alignment, best_match, observe
 from .results import STATUS_NAMES, Result, format_summary, load, save
-from .chunks import run_chunked
+from .simulation import simulate
 from .sweep import grid_points, read_grid
 from .sweep import sweep as run_sweep
 
+__all__ = [
+    "__version__",
+    "ACTIVATIONS",
+    "EXPERTS",
+    "Activation",
+    "HermiteExpert",
+    "get_activation",
+    "get_expert",
+    "hermite_coefficients",
+    "mehler_table",
+    "init_student",
+    "init_teacher",
+    "orthogonalise_router",
+    "MoE",
+    "forward",
+    "unit",
+    "expert_kernel",
+    "expert_kernel_reference",
+    "population_loss",
+    "population_loss_monte_carlo",
+    "population_loss_reference",
+    "observables",
+    "run_chunked",
+    "METHODS",
+    "OPTIMIZERS",
+    "SimulationConfig",
+    "make_optimizer",
+    "time_grid",
+    "alignment",
+    "best_match",
+    "observe",
+    "STATUS_NAMES",
+    "Result",
+    "format_summary",
+    "load",
+    "save",
+    "simulate",
+    "grid_points",
+    "read_grid",
+    "run_sweep",
+]
 
 # The experiment modules (and matplotlib with them) load on first use:
 # `jaxmoe.plot.plot_alignments(...)` works after a bare `import jaxmoe`.

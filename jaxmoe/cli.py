@@ -67,14 +67,16 @@ def _add_problem_flags(p: argparse.ArgumentParser) -> None:
                    help="seeds integrated at once per device; fewer lanes than seeds makes a queue that finished "
                         "lanes draw from (default: 1 on a CPU, all seeds on an accelerator)")
     g.add_argument("--max-steps", type=int, default=_DEFAULTS.max_steps, help="step limit per seed (default %(default)s)")
-    g.add_argument("--loss-threshold", type=float, default=_DEFAULTS.loss_threshold, help="stop a seed once its loss is below this (default %(default)s)")
+    g.add_argument("--loss-threshold", type=float, default=_DEFAULTS.loss_threshold,
+                   help="stop a seed once its loss is below this (default %(default)s)")
     g.add_argument("--no-early-stop", dest="loss_threshold", action="store_const", const=None, help="integrate every seed to t_max")
     g = p.add_argument_group("training method (discrete methods report at t = steps × learning rate)")
     g.add_argument("--method", default=_DEFAULTS.method, help=f"{', '.join(METHODS)} (default %(default)s)")
     g.add_argument("--optimizer", default=_DEFAULTS.optimizer, help=f"{', '.join(OPTIMIZERS)} (default %(default)s)")
     g.add_argument("--learning-rate", "--lr", type=float, default=_DEFAULTS.learning_rate, help="step size η (default %(default)s)")
     g.add_argument("--momentum", type=float, default=_DEFAULTS.momentum, help="for momentum and nesterov (default %(default)s)")
-    g.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="inputs per step for online and minibatch training (default %(default)s)")
+    g.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size,
+                   help="inputs per step for online and minibatch training (default %(default)s)")
     g.add_argument("--num-samples", type=int, default=_DEFAULTS.num_samples, help="training-set size n for --method dataset")
     g.add_argument("--retract", action="store_true",
                    help="norm-preserving steps: after each step rescale every router and expert vector to its "

@@ -338,7 +338,7 @@ class SimulationConfig:
         """The dtype of the integrated state: float64 for ``dtype="mixed"``, else `dtype`."""
         return "float64" if self.dtype == "mixed" else self.dtype
 
-    def replace(self, **changes) -> "SimulationConfig":
+    def replace(self, **changes) -> SimulationConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
@@ -347,7 +347,7 @@ class SimulationConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SimulationConfig":
+    def from_dict(cls, data: dict[str, Any]) -> SimulationConfig:
         """Rebuild from `to_dict` output; unknown keys are an error."""
         if not isinstance(data, dict):
             raise ValueError("a configuration must be a JSON object")

@@ -205,7 +205,7 @@ class Gate:
                 raise ValueError(f"gate {self.name!r} needs {field}, an integer ≥ 1; got {value!r}")
 
     @classmethod
-    def from_string(cls, text: str) -> "Gate":
+    def from_string(cls, text: str) -> Gate:
         """Parse ``"name"`` or ``"name:key=value,..."`` (``act`` abbreviates ``activation``)."""
         return _from_string(cls, text, "gate", _GATE_PARAMS)
 
@@ -267,7 +267,7 @@ class Expert:
         object.__setattr__(self, "activation", act)
 
     @classmethod
-    def from_string(cls, text: str) -> "Expert":
+    def from_string(cls, text: str) -> Expert:
         """Parse ``"he3"``, ``"linear"`` or ``"mlp:hidden=4,act=gelu"``."""
         return _from_string(cls, text, "expert", _EXPERT_PARAMS)
 

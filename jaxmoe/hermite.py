@@ -232,7 +232,7 @@ def get_expert(name: str | HermiteExpert) -> HermiteExpert:
     return EXPERTS[name]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _normalised_coefficients(activation: Activation, n: int) -> np.ndarray:
     """``γ_k = E[σ He_k] / √(k!)`` for k < n by the trapezoidal rule."""
     # Integer multiples of the step: a grid built by adding steps drifts, and
@@ -288,7 +288,7 @@ def hermite_coefficients(activation: str | Activation, n: int = _N_COEFFS) -> np
     return gamma * np.exp(0.5 * log_fact)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mehler_table(left: Activation, right: Activation, max_order: int) -> np.ndarray:
     """Power-series coefficients of ``H_{j,l}(ρ)`` for ``0 ≤ j, l ≤ max_order``.
 
@@ -336,7 +336,7 @@ def mehler_table(left: Activation, right: Activation, max_order: int) -> np.ndar
     return a[:, :, None] * b[:, None, :]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mehler_chebyshev(left: Activation, right: Activation, max_order: int) -> np.ndarray:
     """Chebyshev coefficients of ``H_{j,l}(ρ)`` on ``[−1, 1]``.
 

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .hermite import Activation, HermiteExpert
 from .families import Mixture, init_mixture_reduced, init_mixture_student, init_mixture_teacher, num_vectors
+from .hermite import Activation, HermiteExpert
 from .model import MoE, unit
 
 __all__ = [

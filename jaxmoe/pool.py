@@ -46,7 +46,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import diffrax
-import equinox as eqx
 import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp

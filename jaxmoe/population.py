@@ -47,7 +47,7 @@ __all__ = [
 # The fast kernel
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _terms(left: HermiteExpert, right: HermiteExpert):
     """Static list of the expansion's terms for two polynomial experts.
 
@@ -106,10 +106,10 @@ def _kernel_from_correlations(left: MoE, right: MoE, rho_aa: Array, rhos: Array)
     supply the activations and expert polynomials (their arrays are unused).
     """
     coefficient, exponents, pair_index, pairs = _terms(left.expert_fn, right.expert_fn)
-    max_order = max(max(j, l) for j, l in pairs)
+    max_order = max(max(j, k) for j, k in pairs)
     cheb = mehler_chebyshev(left.gate, right.gate, max_order)  # (K, J, L)
     dtype = rho_aa.dtype
-    cheb = jnp.asarray(np.stack([cheb[:, j, l] for j, l in pairs], axis=1), dtype)  # (K, U)
+    cheb = jnp.asarray(np.stack([cheb[:, j, k] for j, k in pairs], axis=1), dtype)  # (K, U)
     mehler = cheb.T @ _chebyshev(rho_aa, cheb.shape[0])  # (U, P)
     # Gathers by the static exponent and pair indices are written as products
     # with one-hot matrices: their gradients are then matrix products too,

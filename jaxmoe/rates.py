@@ -283,12 +283,12 @@ class RatesConfig:
                                  f"in dimension {self.dim}); got n = {min(ns)}")
 
     @classmethod
-    def paper(cls, **changes) -> "RatesConfig":
+    def paper(cls, **changes) -> RatesConfig:
         """The full table: n on a log grid 10²…10⁵ (7 points), 20 replicates, 4 restarts, 1000 steps."""
         base = dict(ns=tuple(int(round(v)) for v in np.logspace(2, 5, 7)), replicates=20, restarts=4, steps=1000)
         return cls(**{**base, **changes})
 
-    def replace(self, **changes) -> "RatesConfig":
+    def replace(self, **changes) -> RatesConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
@@ -299,7 +299,7 @@ class RatesConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RatesConfig":
+    def from_dict(cls, data: dict[str, Any]) -> RatesConfig:
         """Rebuild from `to_dict` output; unknown keys are an error."""
         known = {f.name for f in dataclasses.fields(cls)}
         if not isinstance(data, dict) or set(data) - known:

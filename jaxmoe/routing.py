@@ -38,8 +38,8 @@ costs what its few vectors cost). The rest is host-side NumPy on saved arrays.
 
 from __future__ import annotations
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array
 
 from .families import expert_values, gate_weights, mixture_forward

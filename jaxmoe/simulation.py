@@ -21,8 +21,8 @@ import optax
 from . import discrete, flow
 from .config import SimulationConfig
 from .devices import num_devices
-from .init import init_problem, uses_reduced
 from .families import Mixture
+from .init import init_problem, uses_reduced
 from .model import MoE
 from .models import Model, model_arrays
 from .results import Result

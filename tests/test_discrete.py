@@ -6,7 +6,6 @@ import numpy as np
 import optax
 import pytest
 
-import jaxmoe
 from jaxmoe import MoE, SimulationConfig, simulate
 
 # Full coordinates, so that every method starts from the same draw of each seed.

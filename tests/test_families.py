@@ -24,21 +24,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxmoe import quadrature
 from jaxmoe.families import (
     EXPERT_FAMILIES,
     GATES,
     Expert,
     Gate,
+    Mixture,
     gate_weights,
     init_mixture_student,
     init_mixture_teacher,
     mixture_forward,
 )
-from jaxmoe.families import Mixture
 from jaxmoe.model import MoE
-from jaxmoe.population import population_loss
 from jaxmoe.pairkernel import independent_loss, orthonormal_frame
-from jaxmoe import quadrature
+from jaxmoe.population import population_loss
 from jaxmoe.quadrature import (
     conditional_loss,
     gaussian_nodes,

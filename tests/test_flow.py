@@ -11,7 +11,6 @@ import pytest
 
 import jaxmoe
 from jaxmoe import MoE, SimulationConfig, simulate
-from jaxmoe.flow import vector_field
 
 SMALL = SimulationConfig(
     d=12, m=4, m_star=2, seeds=4, t_max=20.0, num_times=81, time_grid="linear", rtol=1e-10, atol=1e-12,

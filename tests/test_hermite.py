@@ -161,9 +161,9 @@ def test_mixed_mehler_table_is_outer_product_of_coefficients():
     c_e = jaxmoe.hermite_coefficients("erf")
     for n in range(20):
         for j in range(4):
-            for l in range(4):
-                expected = c_s[n + j] * c_e[n + l] / math.factorial(n)
-                assert abs(table[n, j, l] - expected) <= 1e-15 * max(1.0, abs(expected)), (n, j, l)
+            for k in range(4):
+                expected = c_s[n + j] * c_e[n + k] / math.factorial(n)
+                assert abs(table[n, j, k] - expected) <= 1e-15 * max(1.0, abs(expected)), (n, j, k)
 
 
 # ---------------------------------------------------------------------------

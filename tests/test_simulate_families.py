@@ -29,11 +29,11 @@ import numpy as np
 import pytest
 
 import jaxmoe
-from jaxmoe.flow import vector_field
-from jaxmoe.models import model_loss
 from jaxmoe.cli import main
 from jaxmoe.families import Mixture
+from jaxmoe.flow import vector_field
 from jaxmoe.init import init_problem, project_to_span
+from jaxmoe.models import model_loss
 
 BASE = jaxmoe.SimulationConfig(
     d=30, m=4, m_star=2, seeds=2, t_max=2.0, num_times=5, time_grid="linear", solver="rk4", dt=0.1,
