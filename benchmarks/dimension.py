@@ -5,7 +5,7 @@ Run as ``python benchmarks/dimension.py``. In the paper's Figure 1 setting
 flow to a fixed time t = 50 at fixed tolerances (Tsit5, rtol 1e-6, atol 1e-9,
 no early stop), for d = 10², 10³, 10⁴, 10⁵, 10⁶, in
 
-* reduced mode (the default; 2(m + m*) = 60 coordinates, DESIGN §3), and
+* reduced mode (the default; 2(m + m*) = 60 coordinates, docs/model.md §3), and
 * full mode (d coordinates), as far as it fits in the time budget: full mode
   at d is skipped when its d/10 run, scaled by 10 (the cost of a step is
   linear in d), predicts more than ``--full-limit-s`` seconds per trajectory.
@@ -258,9 +258,9 @@ def ratios(rows: list[Row]) -> list[str]:
 
 
 def plot(rows: list[Row], path: Path, title: str) -> None:
-    from jaxmoe.plot import _pyplot, _write_png
+    from jaxmoe.plot import pyplot, write_png
 
-    fig, axes = _pyplot().subplots(1, 2, figsize=(10, 4.4), constrained_layout=True)
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 4.4), constrained_layout=True)
     for mode, marker, color in (("reduced", "o", "C0"), ("full", "s", "C1")):
         done = [r for r in rows if r.mode == mode and not r.skipped]
         if not done:
@@ -276,7 +276,7 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=8)
-    _write_png(fig, path)
+    write_png(fig, path)
 
 
 def main(argv=None) -> int:
@@ -290,7 +290,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where the report and plot go")
     args = parser.parse_args(argv)
 
-    # Opt into float64 here, not at import (DESIGN §5).
+    # Opt into float64 here, not at import (README, "Architecture").
     jax.config.update("jax_enable_x64", True)
 
     name = machine_name()

@@ -127,7 +127,7 @@ def _block_loss(student: MoE, teacher: MoE, start, nodes: int):
 
     ``K`` is the kernel matrix of student and teacher experts together and
     ``s = (1, …, 1, −1, …, −1)``, so that the sum over all row blocks is the
-    population loss (DESIGN §2).
+    population loss (docs/model.md §2).
     """
     router = jnp.concatenate([student.router, teacher.router])
     expert = jnp.concatenate([student.expert, teacher.expert])
@@ -642,7 +642,7 @@ def main(argv=None) -> int:
 
     cores = "all cores" if args.all_cores else pin_to_one_core()
 
-    # Opt into float64 here, not at import (DESIGN §5).
+    # Opt into float64 here, not at import (README, "Architecture").
     jax.config.update("jax_enable_x64", True)
 
     # The report is a list of sections; later benchmarks append theirs here.

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
 
     import jaxmoe
     from jaxmoe.compare import compare, format_table, headline, plot_overlay
-    from jaxmoe.plot import _write_png
+    from jaxmoe.plot import write_png
 
     settings = [(float(a), int(b)) for a, b in (item.split(":") for item in args.settings.split(","))]
     config = jaxmoe.SimulationConfig(seeds=args.seeds, t_max=args.t_max, num_times=int(args.t_max) + 1)
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     print(report)
     write_atomically(RESULTS / f"ode_vs_sgd-{name}.md", report)
     fig = plot_overlay(results)
-    _write_png(fig, RESULTS / f"ode_vs_sgd-{name}-overlay.png")
+    write_png(fig, RESULTS / f"ode_vs_sgd-{name}-overlay.png")
     print(f"wrote benchmarks/results/ode_vs_sgd-{name}.md and -overlay.png")
     return 0
 

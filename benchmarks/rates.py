@@ -114,9 +114,9 @@ def _report(result, args, argv, total: float, load_start) -> None:
     ]
     out = args.out_dir / f"rates-{name}.md"
     write_atomically(out, "\n".join(lines))
-    from jaxmoe.plot import _write_png
+    from jaxmoe.plot import write_png
 
-    _write_png(rates.plot_rates(result), args.out_dir / f"rates-{name}.png")
+    write_png(rates.plot_rates(result), args.out_dir / f"rates-{name}.png")
     print(f"wrote {out} and rates-{name}.png", flush=True)
 
 

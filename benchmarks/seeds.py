@@ -430,7 +430,7 @@ def main(argv=None) -> int:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
 
-    # Opt into float64 here, not at import (DESIGN §5).
+    # Opt into float64 here, not at import (README, "Architecture").
     jax.config.update("jax_enable_x64", True)
     clock = CompileClock()
 

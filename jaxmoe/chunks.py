@@ -30,10 +30,19 @@ import numpy as np
 from .config import SimulationConfig
 from .results import Result, load, save, write_atomic
 
-__all__ = ["chunk_ranges", "concatenate", "config_difference", "finished", "run_chunked"]
+__all__ = ["FolderConflict", "chunk_ranges", "concatenate", "config_difference", "finished", "run_chunked"]
 
 MANIFEST = "jaxmoe.chunks"
 
+
+
+class FolderConflict(ValueError):
+    """The output folder holds another run (another configuration, chunk size or a foreign file).
+
+    A `ValueError` with a one-line message; the command line reports it as
+    bad input and suggests ``--overwrite``. Other exceptions from a run are
+    not bad input and keep their traceback.
+    """
 
 def chunk_ranges(seeds: int, chunk: int) -> list[tuple[int, int]]:
     """Half-open seed ranges ``[start, stop)`` of at most `chunk` seeds.
@@ -126,7 +135,7 @@ def finished(folder: str | Path, config: SimulationConfig) -> bool:
     old = _header_config(folder)
     if old != config.to_dict():
         what = config_difference(old, config.to_dict()) if isinstance(old, dict) else "unreadable config.json"
-        raise ValueError(f"{folder} holds a finished run of another configuration ({what}); "
+        raise FolderConflict(f"{folder} holds a finished run of another configuration ({what}); "
                          "choose another output folder or overwrite it")
     return True
 
@@ -142,17 +151,17 @@ def _check_manifest(folder: Path, config: SimulationConfig, chunk: int) -> None:
     try:
         found = json.loads(path.read_text())
     except (OSError, ValueError):
-        raise ValueError(f"{path} is not a readable chunk manifest; remove {folder} or overwrite") from None
+        raise FolderConflict(f"{path} is not a readable chunk manifest; remove {folder} or overwrite") from None
     if not isinstance(found, dict) or found.get("format") != MANIFEST:
-        raise ValueError(f"{path} is not a jaxmoe chunk manifest")
+        raise FolderConflict(f"{path} is not a jaxmoe chunk manifest")
     if found.get("config") != wanted["config"]:
-        raise ValueError(
+        raise FolderConflict(
             f"{folder.parent} holds unfinished chunks of another configuration "
             f"({config_difference(found.get('config') or {}, wanted['config'])}); "
             "choose another output folder or overwrite it"
         )
     if found.get("chunk") != chunk:
-        raise ValueError(
+        raise FolderConflict(
             f"{folder.parent} holds chunks of {found.get('chunk')} seeds; rerun with --chunk {found.get('chunk')} "
             "to resume, or overwrite it"
         )
@@ -241,7 +250,7 @@ def run_chunked(
     begin = time.perf_counter()
     missing = [c for c in range(len(ranges)) if not (chunks / f"{c:06d}" / "result.npz").is_file()]
     if missing:
-        raise ValueError(f"chunks {missing} are missing from {chunks}; rerun the same command to finish them")
+        raise FolderConflict(f"chunks {missing} are missing from {chunks}; rerun the same command to finish them")
     merged = concatenate([load(chunks / f"{c:06d}") for c in range(len(ranges))])
     merged.run.update(chunk=chunk, chunks=len(ranges), processes=processes)
     save(merged, folder)

@@ -277,7 +277,7 @@ def compare(
 
     The flow runs on the exact span coordinates of the same d-dimensional draw
     (`init.project_to_span`), SGD in d dimensions; both save on a linear grid
-    of times t (t = steps·η for SGD; DESIGN §4) and never stop early. Each run is timed
+    of times t (t = steps·η for SGD; docs/model.md §4) and never stop early. Each run is timed
     after a short warm-up run of the same shapes, so compilation is excluded.
 
     **Returns:** ``(rows, results)``: one `CompareRow` per method (the flow
@@ -451,24 +451,24 @@ def plot_overlay(results: dict[str, Result], seed: int = 0):
     """
     from matplotlib.lines import Line2D
 
-    from .plot import _colors, _pyplot
+    from .plot import colors, pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.2), constrained_layout=True)
     flow = results["flow"]
     best = np.argmax(flow.expert_alignment[seed, -1], axis=0)  # (m*,)
-    colors = _colors(len(best))
+    palette = colors(len(best))
     styles = ["--", ":", "-.", (0, (5, 1)), (0, (1, 1))]
     for n, (name, r) in enumerate(results.items()):
         style = "-" if name == "flow" else styles[(n - 1) % len(styles)]
         width = 2.0 if name == "flow" else 1.0
-        for j, color in enumerate(colors):
+        for j, color in enumerate(palette):
             ax[0].plot(r.times, r.expert_alignment[seed, :, best[j], j], color=color, ls=style, lw=width)
         ax[1].plot(r.times, r.loss[seed], ls=style, lw=width, color="k" if name == "flow" else None, label=name)
     # The alignment panel's key: line styles name the runs, colours the teacher experts.
     keys = [Line2D([], [], color="0.3", ls="-" if name == "flow" else styles[(n - 1) % len(styles)],
                    lw=2.0 if name == "flow" else 1.0, label=name) for n, name in enumerate(results)]
-    keys += [Line2D([], [], color=color, lw=2.0, label=f"teacher {j + 1}") for j, color in enumerate(colors)]
+    keys += [Line2D([], [], color=color, lw=2.0, label=f"teacher {j + 1}") for j, color in enumerate(palette)]
     ax[0].legend(handles=keys, fontsize=7, loc="best")
     ax[0].set_title(f"expert alignment of the flow's best student per teacher (seed {seed})")
     ax[0].set_ylabel("$\\bar w_i\\cdot\\bar w^*_j$")
@@ -497,7 +497,7 @@ def write_compare(rows, results, folder: str | os.PathLike) -> list[Path]:
         rows, results = jaxmoe.compare.compare(config, settings=((0.05, 64),))
         jaxmoe.compare.write_compare(rows, results, "runs/compare")
     """
-    from .plot import _write_png
+    from .plot import write_png
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -509,5 +509,5 @@ def write_compare(rows, results, folder: str | os.PathLike) -> list[Path]:
     header = {"format": "jaxmoe.compare", "version": 1, "config": results["flow"].config.to_dict(),
               "settings": [[r.learning_rate, r.batch_size] for r in rows[1:]], "retract": rows[-1].retract}
     write_atomic(folder / "config.json", (json.dumps(header, indent=2) + "\n").encode())
-    _write_png(plot_overlay(results), folder / "overlay.png")
+    write_png(plot_overlay(results), folder / "overlay.png")
     return [folder / "compare.md", folder / "compare.csv", folder / "overlay.png"]

@@ -59,7 +59,7 @@ def _show(value, limit: int = 60) -> str:
 class SimulationConfig:
     """A student–teacher problem and how to simulate it.
 
-    **Problem** (DESIGN §1):
+    **Problem** (docs/model.md §1):
 
     - `d`: input dimension.
     - `m`: student experts.
@@ -79,7 +79,7 @@ class SimulationConfig:
       ``"axis"`` (the first 2m* coordinate axes).
     - `mode`: ``"reduced"`` (default) simulates the exact d-dimensional flow in
       the 2(m + m*) coordinates of the span of the teacher and the initial
-      student, at a cost independent of d (DESIGN §3); it falls back to the
+      student, at a cost independent of d (docs/model.md §3); it falls back to the
       full coordinates when d ≤ 2(m + m*). ``"full"`` always uses d
       coordinates. The teacher frame only matters in full mode.
 
@@ -87,7 +87,7 @@ class SimulationConfig:
     ``jax.random.fold_in(jax.random.PRNGKey(base_seed), s)``, so a seed gives the
     same run alone or in any batch.
 
-    **Time and solver** (gradient-flow time t, DESIGN §4):
+    **Time and solver** (gradient-flow time t, docs/model.md §4):
 
     - `t_max`: end time; `num_times` saved times on a `time_grid` (``"log"``:
       0 then geometric from ``t_max·t_first`` to `t_max`; ``"linear"``).
@@ -123,7 +123,7 @@ class SimulationConfig:
       one seed at a time on a CPU (where batching does not pay), every seed
       at once on an accelerator.
 
-    **Method** (DESIGN §4: every method reports on the gradient-flow time axis):
+    **Method** (docs/model.md §4: every method reports on the gradient-flow time axis):
 
     - `method`: ``"flow"`` (gradient flow, the default); ``"optax"`` (an optax
       `optimizer` on the exact population loss); ``"online"`` (online SGD:
@@ -321,7 +321,7 @@ class SimulationConfig:
     def classic(self) -> bool:
         """True for the paper's model: independent sigmoid/erf gates and He_k experts, on both sides.
 
-        It runs on `jaxmoe.MoE` with the exact kernel of DESIGN §2; every
+        It runs on `jaxmoe.MoE` with the exact kernel of docs/model.md §2; every
         other family runs on `jaxmoe.families.Mixture` (`jaxmoe.quadrature`).
         """
         return self.teacher_gate is None and self.teacher_expert is None and is_classic(self.gate, self.expert)

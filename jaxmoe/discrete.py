@@ -1,6 +1,6 @@
 """Discrete-time training: optax steps on the exact loss, online SGD, finite data.
 
-Every method reports on the gradient-flow time axis (DESIGN §4): step k of
+Every method reports on the gradient-flow time axis (docs/model.md §4): step k of
 learning rate η sits at time t = k·η, so its curves overlay the flow's.
 
 - ``optax``: any optax optimiser on the exact population loss (gradient
@@ -78,7 +78,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
 def step_schedule(config: SimulationConfig, times: np.ndarray) -> np.ndarray:
     """The step index of each saved time: ``k = round(t / η)``; time ``k·η`` is what is reported.
 
-    Step k of learning rate η sits at gradient-flow time ``t = k·η`` (DESIGN §4).
+    Step k of learning rate η sits at gradient-flow time ``t = k·η`` (docs/model.md §4).
 
     **Arguments:** a `SimulationConfig` (its `learning_rate` η), `times` ``(T,)``.
 
@@ -118,7 +118,7 @@ def retract(model: Model, norms: dict[str, jax.Array]) -> Model:
 
     The model depends on these vectors only through their directions, so the
     function it computes is unchanged; the step is undone only in the radial
-    direction, which the gradient flow never moves (DESIGN §1).
+    direction, which the gradient flow never moves (docs/model.md §1).
 
     **Arguments:** `model`; `norms` as `vector_norms` returns them (usually
     of the initial model).

@@ -61,7 +61,6 @@ __all__ = [
     "mixture_forward",
     "init_mixture_teacher",
     "init_mixture_student",
-    "init_mixture_reduced",
     "is_classic",
     "num_vectors",
     "mixture_from_rows",
@@ -280,11 +279,11 @@ class Expert:
         return self.name in HERMITE_EXPERTS
 
 
-def _as_gate(spec) -> Gate:
+def as_gate(spec) -> Gate:
     return spec if isinstance(spec, Gate) else Gate.from_string(spec)
 
 
-def _as_expert(spec) -> Expert:
+def as_expert(spec) -> Expert:
     return spec if isinstance(spec, Expert) else Expert.from_string(spec)
 
 
@@ -315,8 +314,8 @@ class Mixture(eqx.Module):
     group_router: Array | None = None
     bias: Array | None = None
     output: Array | None = None
-    gate: Gate = eqx.field(static=True, default=Gate("sigmoid"), converter=_as_gate)
-    expert_fn: Expert = eqx.field(static=True, default=Expert("he3"), converter=_as_expert)
+    gate: Gate = eqx.field(static=True, default=Gate("sigmoid"), converter=as_gate)
+    expert_fn: Expert = eqx.field(static=True, default=Expert("he3"), converter=as_expert)
 
     def __check_init__(self):
         shape_r = getattr(self.router, "shape", None)
@@ -420,7 +419,7 @@ def mixture_forward(model: Mixture, x: Float[Array, "n D"], t=None) -> Float[Arr
 # Initialisation
 
 
-def _check_size(name: str, value) -> None:
+def check_size(name: str, value) -> None:
     if not _is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive integer; got {value!r}")
 
@@ -440,7 +439,7 @@ def init_mixture_teacher(
 
     All ``m*`` routers, the ``G`` group routers (hierarchical) and the expert
     directions (one per He/linear expert, h per mlp expert) form one
-    orthonormal frame, as in the paper's teacher (DESIGN §1): every feature
+    orthonormal frame, as in the paper's teacher (docs/model.md §1): every feature
     is distinct and of unit size, so recovering one tells nothing about
     another. Linear biases are 0 (the teacher is a pure projection); mlp
     output weights are 1/√h (output of order 1 whatever h).
@@ -452,9 +451,9 @@ def init_mixture_teacher(
 
     **Returns:** a `Mixture` with ``m_star`` experts.
     """
-    _check_size("m_star", m_star)
-    _check_size("dim", dim)
-    gate, expert = _as_gate(gate), _as_expert(expert_fn)
+    check_size("m_star", m_star)
+    check_size("dim", dim)
+    gate, expert = as_gate(gate), as_expert(expert_fn)
     dtype = dtype or jnp.zeros(()).dtype
     hidden = expert.hidden if expert.name == "mlp" else 1
     groups = gate.groups if gate.name == "hierarchical" else 0
@@ -477,27 +476,27 @@ def init_mixture_teacher(
 def is_classic(gate, expert_fn) -> bool:
     """True for the paper's families: an independent sigmoid/erf gate and an He_k expert.
 
-    These run on `jaxmoe.MoE` with the exact kernel of DESIGN §2.
+    These run on `jaxmoe.MoE` with the exact kernel of docs/model.md §2.
 
     Example::
 
         is_classic("sigmoid", "he3"), is_classic("softmax", "he3")   # (True, False)
     """
-    return _as_gate(gate).independent and _as_expert(expert_fn).hermite
+    return as_gate(gate).independent and as_expert(expert_fn).hermite
 
 
 def num_vectors(m: int, gate="sigmoid", expert_fn="he3") -> int:
     """How many vectors in R^D a model of m experts has: m routers, G group routers, m·h expert rows.
 
     h = 1 for He and linear experts, the hidden width for mlp experts. This is
-    the model's share of the reduced coordinates (`init_mixture_reduced`),
+    the model's share of the reduced coordinates (`jaxmoe.init.init_mixture_reduced`),
     and for a teacher the size of its orthonormal frame.
 
     Example::
 
         num_vectors(4, "hierarchical:groups=2", "mlp:hidden=3")   # 4 + 2 + 12 = 18
     """
-    gate, expert = _as_gate(gate), _as_expert(expert_fn)
+    gate, expert = as_gate(gate), as_expert(expert_fn)
     hidden = expert.hidden if expert.name == "mlp" else 1
     groups = gate.groups if gate.name == "hierarchical" else 0
     return m * (1 + hidden) + groups
@@ -513,10 +512,10 @@ def mixture_from_rows(
     orthogonalised against its own expert; linear biases start at 0; mlp
     output weights are N(0, 1/h) from `output_key` (required for mlp).
     Shared by `init_mixture_student` (rows in d dimensions) and
-    `init_mixture_reduced` (rows in reduced coordinates), so the two differ
+    `jaxmoe.init.init_mixture_reduced` (rows in reduced coordinates), so the two differ
     only in how the rows are drawn.
     """
-    gate, expert = _as_gate(gate), _as_expert(expert_fn)
+    gate, expert = as_gate(gate), as_expert(expert_fn)
     dtype = rows.dtype
     groups = gate.groups if gate.name == "hierarchical" else 0
     router, group_router, rest = rows[:m], rows[m : m + groups], rows[m + groups :]
@@ -543,7 +542,7 @@ def init_mixture_student(
 
     Every vector (router, group router, expert, mlp first-layer row) is
     N(0, I_D/D): norm ≈ 1, overlap with any fixed direction of order D^(-1/2)
-    (the paper's initialisation, DESIGN §1). For He experts each router is
+    (the paper's initialisation, docs/model.md §1). For He experts each router is
     then orthogonalised against its own expert, as in the paper. Linear biases
     start at 0; mlp output weights are N(0, 1/h) (`mixture_from_rows`).
 
@@ -557,61 +556,10 @@ def init_mixture_student(
         student = init_mixture_student(4, 50, "softmax", "linear", key=jax.random.PRNGKey(1))
         student.router.shape, student.bias.shape     # (4, 50), (4,)
     """
-    _check_size("m", m)
-    _check_size("dim", dim)
-    gate, expert = _as_gate(gate), _as_expert(expert_fn)
+    check_size("m", m)
+    check_size("dim", dim)
+    gate, expert = as_gate(gate), as_expert(expert_fn)
     dtype = dtype or jnp.zeros(()).dtype
     k_rows, k_output = jax.random.split(key)
     rows = jax.random.normal(k_rows, (num_vectors(m, gate, expert), dim), dtype) / math.sqrt(dim)
     return mixture_from_rows(rows, m, gate, expert, output_key=k_output)
-
-
-def init_mixture_reduced(
-    m: int,
-    m_star: int,
-    d: int,
-    gate="sigmoid",
-    expert_fn="he3",
-    *,
-    key: PRNGKeyArray,
-    teacher_gate=None,
-    teacher_expert=None,
-    dtype=None,
-) -> tuple[Mixture, Mixture]:
-    """Teacher and student in reduced coordinates, with the exact law of d dimensions.
-
-    As `jaxmoe.init.init_reduced` (DESIGN §3), for every family: the input
-    law is rotation invariant and every family depends on x only through
-    projections on its vectors, so gradient flow stays in the span of the
-    teacher's n* and the initial student's n vectors (`num_vectors`); the
-    k = n* + n coordinates in an orthonormal basis of it evolve exactly as in
-    d dimensions. The teacher takes the first n* axes (`init_mixture_teacher`
-    with no key); the student's raw N(0, I_d/d) vectors are drawn there by
-    `jaxmoe.init.gaussian_rows_reduced`, without any d-vector.
-
-    **Arguments:** `m`, `m_star`, `d` (needs d > k); the student's `gate` and
-    `expert_fn`, the teacher's (``None``: the same); the PRNG `key`; `dtype`.
-
-    **Returns:** ``(teacher, student)`` with arrays in k coordinates.
-
-    Example::
-
-        teacher, student = init_mixture_reduced(4, 2, 10**6, "softmax", "linear", key=jax.random.PRNGKey(0))
-        teacher.router.shape, student.router.shape    # ((2, 12), (4, 12))
-    """
-    from .init import gaussian_rows_reduced
-
-    _check_size("m", m)
-    _check_size("m_star", m_star)
-    gate, expert = _as_gate(gate), _as_expert(expert_fn)
-    teacher_gate = gate if teacher_gate is None else _as_gate(teacher_gate)
-    teacher_expert = expert if teacher_expert is None else _as_expert(teacher_expert)
-    dtype = dtype or jnp.zeros(()).dtype
-    n_teacher, n_student = num_vectors(m_star, teacher_gate, teacher_expert), num_vectors(m, gate, expert)
-    k = n_teacher + n_student
-    if d <= k:
-        raise ValueError(f"reduced coordinates need d > {k} (the teacher's and the student's vectors); got d = {d}")
-    k_rows, k_output = jax.random.split(key)
-    teacher = init_mixture_teacher(m_star, k, teacher_gate, teacher_expert, dtype=dtype)
-    rows = gaussian_rows_reduced(k_rows, n_student, n_teacher, d, dtype)
-    return teacher, mixture_from_rows(rows, m, gate, expert, output_key=k_output)

@@ -91,7 +91,7 @@ def time_grid(config: SimulationConfig) -> np.ndarray:
 def vector_field(student: Model, teacher: Model, t=None) -> Model:
     """``dθ/dt = −∇L(θ)`` with respect to every array of the student.
 
-    L is the exact `population_loss` (DESIGN §1–2) for the paper's model,
+    L is the exact `population_loss` (docs/model.md §1–2) for the paper's model,
     `jaxmoe.quadrature.mixture_loss` for other families
     (`jaxmoe.models.model_loss`), differentiated by `jax.grad`. The paper's
     L depends on v_i, w_i only through their directions, so

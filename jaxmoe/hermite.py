@@ -64,7 +64,7 @@ class Activation:
     """A router activation σ, known to the exact kernel by its Hermite coefficients.
 
     The kernel sees σ only through ``c_n = E[σ(z) He_n(z)]``, z ~ N(0, 1)
-    (`hermite_coefficients`; DESIGN §2), so any smooth gate can be plugged in.
+    (`hermite_coefficients`; docs/model.md §2), so any smooth gate can be plugged in.
 
     **Arguments:**
 
@@ -167,7 +167,7 @@ class HermiteExpert:
 
     He_k are the probabilists' Hermite polynomials (He_0 = 1, He_1 = z,
     He_{k+1} = z He_k − k He_{k−1}); the exact kernel uses the coefficients
-    a_k directly (DESIGN §2).
+    a_k directly (docs/model.md §2).
 
     **Arguments:**
 
@@ -269,7 +269,7 @@ def hermite_coefficients(activation: str | Activation, n: int = _N_COEFFS) -> np
     coefficients below about 1e-15 of the largest are set to zero.
 
     For the sigmoid: c0 = 0.5, c1 = 0.20662096, c3 = −0.06239648, even k ≥ 2
-    vanish (DESIGN §1). For the probit gate Φ, Gaussian integration by parts
+    vanish (docs/model.md §1). For the probit gate Φ, Gaussian integration by parts
     gives ``c_k = E[Φ^{(k)}(z)]``, e.g. ``c_1 = E[φ(z)] = 1/(2√π)``.
 
     **Arguments:** `activation`, a name or an `Activation`; `n`, the number of
@@ -294,7 +294,7 @@ def mehler_table(left: Activation, right: Activation, max_order: int) -> np.ndar
 
     ``H_{j,l}(ρ) = E[σ_left^{(j)}(a₁) σ_right^{(l)}(a₂)]`` for standard
     Gaussians a₁, a₂ with correlation ρ; Mehler's formula with
-    ``E[σ^{(j)} He_n] = c_{n+j}`` gives (DESIGN §2)
+    ``E[σ^{(j)} He_n] = c_{n+j}`` gives (docs/model.md §2)
     ``H_{j,l}(ρ) = Σ_{n<N} T[n, j, l] ρⁿ`` with
     ``T[n, j, l] = c^left_{n+j} c^right_{n+l} / n!``, computed as
     ``γ_{n+j} γ_{n+l} √((n+j)!/n!) √((n+l)!/n!)`` from the normalised

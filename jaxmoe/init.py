@@ -1,4 +1,4 @@
-"""Teachers and student initialisations (DESIGN §1).
+"""Teachers and student initialisations (docs/model.md §1).
 
 Randomness comes only from explicit keys. The teacher's 2m* router and expert
 vectors are orthonormal; the student's router and expert vectors are drawn
@@ -14,7 +14,17 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .families import Mixture, init_mixture_reduced, init_mixture_student, init_mixture_teacher, num_vectors
+from .config import ROTATION_EQUIVARIANT
+from .families import (
+    Mixture,
+    as_expert,
+    as_gate,
+    check_size,
+    init_mixture_student,
+    init_mixture_teacher,
+    mixture_from_rows,
+    num_vectors,
+)
 from .hermite import Activation, HermiteExpert
 from .model import MoE, unit
 
@@ -29,6 +39,7 @@ __all__ = [
     "uses_reduced",
     "config_dimension",
     "gaussian_rows_reduced",
+    "init_mixture_reduced",
     "project_to_span",
 ]
 
@@ -50,7 +61,7 @@ def init_teacher(
 ) -> MoE:
     """A teacher whose 2m* router and expert vectors are orthonormal.
 
-    ``v*_j·v*_l = w*_j·w*_l = δ_jl`` and ``v*_j·w*_l = 0`` (DESIGN §1). The
+    ``v*_j·v*_l = w*_j·w*_l = δ_jl`` and ``v*_j·w*_l = 0`` (docs/model.md §1). The
     random frame is the Q factor of the QR decomposition of a d × 2m*
     Gaussian matrix, its column signs fixed by the signs of R's diagonal,
     which makes it exactly Haar distributed ("How to generate random matrices
@@ -91,7 +102,7 @@ def init_teacher(
 def orthogonalise_router(router, expert):
     """``v_i − (w̄_i·v_i) w̄_i`` row by row: each router orthogonal to its own expert.
 
-    The last step of the paper's student initialisation (DESIGN §1).
+    The last step of the paper's student initialisation (docs/model.md §1).
 
     **Arguments:** `router` and `expert` of shape ``(..., m, d)``.
 
@@ -115,7 +126,7 @@ def init_student(
     expert_fn: str | HermiteExpert = "he3",
     dtype=None,
 ) -> MoE:
-    """The paper's student initialisation in d dimensions (arXiv 2510.07205; DESIGN §1).
+    """The paper's student initialisation in d dimensions (arXiv 2510.07205; docs/model.md §1).
 
     ``v̂_i, w_i ~ N(0, I_d/d)`` independently, then ``v_i = v̂_i − (w̄_i·v̂_i) w̄_i``.
     Its overlaps with any fixed unit vector are of order d^(-1/2).
@@ -154,7 +165,7 @@ def seed_key(base_seed: int, index) -> PRNGKeyArray:
 
 def reduced_dimension(m: int, m_star: int) -> int:
     """Coordinates of the reduced simulation, ``k = 2(m + m*)``: the span of
-    the teacher's 2m* vectors and the student's 2m initial vectors (DESIGN §3).
+    the teacher's 2m* vectors and the student's 2m initial vectors (docs/model.md §3).
 
     Example::
 
@@ -180,7 +191,6 @@ def uses_reduced(config) -> bool:
         jaxmoe.init.uses_reduced(jaxmoe.SimulationConfig(d=1000))                   # True
         jaxmoe.init.uses_reduced(jaxmoe.SimulationConfig(d=1000, method="online"))  # False
     """
-    from .config import ROTATION_EQUIVARIANT
 
     span_preserving = config.method == "flow" or (
         config.method == "optax" and config.optimizer in ROTATION_EQUIVARIANT
@@ -217,7 +227,7 @@ def init_reduced(
     The data law is rotation invariant and the population loss depends only on
     inner products, so gradient flow keeps every vector in the span of the
     teacher and the initial student; its coordinates in an orthonormal basis
-    of that span evolve exactly as the d-dimensional flow (DESIGN §3). Their
+    of that span evolve exactly as the d-dimensional flow (docs/model.md §3). Their
     initial law is sampled without any d-vector:
 
     - the teacher sits on the first 2m* axes (routers, then experts);
@@ -273,6 +283,55 @@ def gaussian_rows_reduced(key: PRNGKeyArray, n: int, n_span: int, d: int, dtype)
     chi2 = 2.0 * jax.random.gamma(key_chi, dof / 2.0, dtype=dtype)
     lower = lower + jnp.diag(jnp.sqrt(chi2) * scale)
     return jnp.concatenate([span, lower], axis=1)
+
+
+def init_mixture_reduced(
+    m: int,
+    m_star: int,
+    d: int,
+    gate="sigmoid",
+    expert_fn="he3",
+    *,
+    key: PRNGKeyArray,
+    teacher_gate=None,
+    teacher_expert=None,
+    dtype=None,
+) -> tuple[Mixture, Mixture]:
+    """Teacher and student in reduced coordinates, with the exact law of d dimensions.
+
+    As `jaxmoe.init.init_reduced` (docs/model.md §3), for every family: the input
+    law is rotation invariant and every family depends on x only through
+    projections on its vectors, so gradient flow stays in the span of the
+    teacher's n* and the initial student's n vectors (`num_vectors`); the
+    k = n* + n coordinates in an orthonormal basis of it evolve exactly as in
+    d dimensions. The teacher takes the first n* axes (`init_mixture_teacher`
+    with no key); the student's raw N(0, I_d/d) vectors are drawn there by
+    `gaussian_rows_reduced`, without any d-vector.
+
+    **Arguments:** `m`, `m_star`, `d` (needs d > k); the student's `gate` and
+    `expert_fn`, the teacher's (``None``: the same); the PRNG `key`; `dtype`.
+
+    **Returns:** ``(teacher, student)`` with arrays in k coordinates.
+
+    Example::
+
+        teacher, student = init_mixture_reduced(4, 2, 10**6, "softmax", "linear", key=jax.random.PRNGKey(0))
+        teacher.router.shape, student.router.shape    # ((2, 12), (4, 12))
+    """
+    check_size("m", m)
+    check_size("m_star", m_star)
+    gate, expert = as_gate(gate), as_expert(expert_fn)
+    teacher_gate = gate if teacher_gate is None else as_gate(teacher_gate)
+    teacher_expert = expert if teacher_expert is None else as_expert(teacher_expert)
+    dtype = dtype or jnp.zeros(()).dtype
+    n_teacher, n_student = num_vectors(m_star, teacher_gate, teacher_expert), num_vectors(m, gate, expert)
+    k = n_teacher + n_student
+    if d <= k:
+        raise ValueError(f"reduced coordinates need d > {k} (the teacher's and the student's vectors); got d = {d}")
+    k_rows, k_output = jax.random.split(key)
+    teacher = init_mixture_teacher(m_star, k, teacher_gate, teacher_expert, dtype=dtype)
+    rows = gaussian_rows_reduced(k_rows, n_student, n_teacher, d, dtype)
+    return teacher, mixture_from_rows(rows, m, gate, expert, output_key=k_output)
 
 
 def init_problem(config, seed_index) -> tuple[MoE, MoE]:
@@ -356,7 +415,7 @@ def project_to_span(teacher: MoE, student: MoE) -> tuple[MoE, MoE]:
     the arrays have one.
 
     The basis is the Q factor of the QR decomposition of the d × 2(m + m*)
-    matrix of all vectors (teacher routers, experts, then student's) (DESIGN §3).
+    matrix of all vectors (teacher routers, experts, then student's) (docs/model.md §3).
 
     **Arguments:** `teacher` ``([S,] m*, d)``, `student` ``([S,] m, d)``.
 

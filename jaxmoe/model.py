@@ -23,7 +23,7 @@ class MoE(eqx.Module):
 
     It computes ``f(θ, x) = Σ_i σ(v̄_i·x) P(w̄_i·x)`` (`forward`), the soft-routed
     model of "Guided by the Experts: Provable Feature Learning Dynamic of
-    Soft-Routed Mixture-of-Experts" (arXiv 2510.07205; DESIGN §1).
+    Soft-Routed Mixture-of-Experts" (arXiv 2510.07205; docs/model.md §1).
 
     **Arguments:**
 

@@ -1,7 +1,7 @@
 """Any student or teacher: the paper's `MoE` or a `Mixture` of other families, behind one interface.
 
 The paper's model (independent sigmoid/erf gates, He_k experts) is a
-`jaxmoe.MoE` and its loss is the exact kernel of DESIGN §2
+`jaxmoe.MoE` and its loss is the exact kernel of docs/model.md §2
 (`jaxmoe.population.population_loss`). Every other gate and expert family
 (issue #8) is a `jaxmoe.families.Mixture` and its loss is
 `jaxmoe.quadrature.mixture_loss` (exact where a kernel applies, else a fixed

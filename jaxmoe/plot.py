@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from .results import Result, write_atomic
+from .routing import routing_diagnostics
 
-__all__ = ["figure", "plot_alignments", "plot_loss", "save_figures"]
+__all__ = ["colors", "figure", "plot_alignments", "plot_loss", "plot_routing", "pyplot", "save_figures", "write_png"]
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     # Figures are written to files; never try to open a window.
@@ -44,13 +45,13 @@ def figure(ax=None, **subplots):
         fig, ax = jaxmoe.plot.figure(ncols=2, figsize=(8, 3))
     """
     if ax is None:
-        return _pyplot().subplots(constrained_layout=True, **subplots)
+        return pyplot().subplots(constrained_layout=True, **subplots)
     first = ax[0] if isinstance(ax, (list, tuple, np.ndarray)) else ax
     return first.figure, ax
 
 
-def _colors(n):
-    plt = _pyplot()
+def colors(n):
+    plt = pyplot()
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
     return [cmap(j % cmap.N) for j in range(n)]
 
@@ -100,10 +101,10 @@ def plot_alignments(result: Result, seed: int = 0, ax=None):
     expert = result.expert_alignment[seed]  # (T, m, m*)
     router = result.router_alignment[seed]
     best = np.nanargmax(np.nan_to_num(expert[-1], nan=-np.inf), axis=0)  # (m*,)
-    colors = _colors(expert.shape[-1])
+    palette = colors(expert.shape[-1])
     for panel, values, title in ((ax[0], router, "router alignment $\\bar v_i\\cdot\\bar v^*_j$"),
                                  (ax[1], expert, "expert alignment $\\bar w_i\\cdot\\bar w^*_j$")):
-        for j, color in enumerate(colors):
+        for j, color in enumerate(palette):
             panel.plot(t, values[:, :, j], color=color, lw=0.4, alpha=0.25)
             panel.plot(t, values[:, best[j], j], color=color, lw=2.0, label=f"teacher {j + 1}, student {best[j]}")
         panel.set_title(title)
@@ -155,8 +156,8 @@ def plot_loss(result: Result, ax=None):
     return fig
 
 
-def _write_png(fig, path: Path) -> None:
-    plt = _pyplot()
+def write_png(fig, path: Path) -> None:
+    plt = pyplot()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
@@ -165,7 +166,7 @@ def _write_png(fig, path: Path) -> None:
 
 def save_figures(result: Result, folder: str | os.PathLike, max_seeds: int = 4) -> list[Path]:
     """Write ``loss.png``, ``alignment_seed<k>.png`` for the first seeds, and
-    ``routing_seed<k>.png`` (`jaxmoe.routing.plot_routing`) for the first seed.
+    ``routing_seed<k>.png`` (`plot_routing`) for the first seed.
 
     **Arguments:** `result`; `folder` (created if needed); `max_seeds`, how
     many seeds get an alignment figure (k is the seed index).
@@ -181,18 +182,70 @@ def save_figures(result: Result, folder: str | os.PathLike, max_seeds: int = 4) 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / "loss.png"]
-    _write_png(plot_loss(result), paths[0])
+    write_png(plot_loss(result), paths[0])
     for s in range(min(max_seeds, result.num_seeds)):
         path = folder / f"alignment_seed{result.seed_index[s]}.png"
-        _write_png(plot_alignments(result, s), path)
+        write_png(plot_alignments(result, s), path)
         paths.append(path)
     if "load" in result.extra:
         # Routing against time (issue 9): loads, their entropy and CV, and the effective temperature.
-        from .routing import plot_routing
-
         path = folder / f"routing_seed{result.seed_index[0]}.png"
         fig = plot_routing(result.times, result.extra["load"], result.extra["quality"], seed=0,
                            time_label=_time_label(result))
-        _write_png(fig, path)
+        write_png(fig, path)
         paths.append(path)
     return paths
+
+
+def plot_routing(times, load, quality, *, seed: int = 0, ax=None, time_label: str = "gradient-flow time t"):
+    """Routing against training time: per-expert load; load entropy (as a share of log m) and CV;
+    effective inverse temperature β̂.
+
+    **Arguments:** `times` ``(T,)``; `load`, `quality` ``(T, m)`` or ``(S, T, m)``
+    (then `seed` picks one; the entropy and CV panel also shows every seed faintly);
+    `ax`: three axes to draw into (default: a new figure); `time_label`.
+
+    **Returns:** the matplotlib figure.
+
+    Example::
+
+        fig = plot_routing(result.times, saved["load"], saved["quality"], seed=0)
+    """
+    load, quality, times = np.asarray(load, float), np.asarray(quality, float), np.asarray(times, float)
+    if load.ndim == 2:
+        load, quality = load[None], quality[None]
+    if load.ndim != 3 or load.shape != quality.shape or load.shape[1] != times.shape[0]:
+        raise ValueError(f"load and quality must have shape (T, m) or (S, T, m) with T = {times.shape[0]}; "
+                         f"got {load.shape} and {quality.shape}")
+    if not 0 <= seed < load.shape[0]:
+        raise ValueError(f"seed must be in 0..{load.shape[0] - 1}; got {seed}")
+    fig, ax = figure(ax, ncols=3, figsize=(14, 4))
+    m = load.shape[-1]
+    diag = routing_diagnostics(load, quality)
+    positive = times > 0
+    scale = "log" if positive.sum() > 1 and times[positive].max() / times[positive].min() > 100 else "linear"
+    for i, color in enumerate(colors(m)):
+        ax[0].plot(times, load[seed, :, i], color=color, lw=1)
+    if np.allclose(load[seed].sum(axis=-1), 1.0, atol=1e-6):
+        # Only a gate whose weights sum to one (softmax-type) has 1/m as its balanced load.
+        ax[0].axhline(1.0 / m, color="k", ls=":", lw=0.8, label="uniform 1/m")
+        ax[0].legend(fontsize=7)
+    ax[0].set_ylabel("load E[g_i(x)]")
+    share = diag["entropy"] / np.log(m) if m > 1 else diag["entropy"]
+    for s in range(load.shape[0]):
+        faint = dict(alpha=0.25, lw=0.6) if s != seed else dict(lw=1.5)
+        ax[1].plot(times, share[s], color="C0", **faint)
+        ax[1].plot(times, diag["cv"][s], color="C3", **faint)
+    ax[1].plot([], [], color="C0", label="entropy / log m")
+    ax[1].plot([], [], color="C3", label="CV of the load")
+    ax[1].set_ylabel("load balance")
+    ax[1].legend(fontsize=7)
+    ax[2].plot(times, diag["beta"][seed], color="C2")
+    ax[2].axhline(0.0, color="k", lw=0.5)
+    ax[2].set_ylabel("effective inverse temperature β")
+    for a in ax:
+        a.set_xscale(scale)
+        a.set_xlabel(time_label)
+        a.grid(alpha=0.3, which="both")
+    ax[0].set_title(f"seed {seed}: load per expert", fontsize=9)
+    return fig

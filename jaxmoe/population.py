@@ -5,7 +5,7 @@
     K(i,k) = E[σ(a₁) σ(a₂) P(b₁) P(b₂)],  a₁ = v̄_i·x, a₂ = v̄_k·x, b₁ = w̄_i·x, b₂ = w̄_k·x.
 
 Every K depends only on the six correlations of its four unit vectors, so the
-loss is a function of the Gram matrix of the unit vectors alone (DESIGN §2).
+loss is a function of the Gram matrix of the unit vectors alone (docs/model.md §2).
 Gaussian integration by parts applied to the Hermite polynomials, then
 Mehler's formula for the two router factors, give the exact expansion
 
@@ -130,7 +130,7 @@ def expert_kernel(left: MoE, right: MoE) -> Float[Array, "m_left m_right"]:
     Experts ``i`` come from `left`, experts ``k`` from `right`; each side uses its
     own router activation and expert polynomial. Formula: the Hermite/Mehler
     expansion of the module docstring (Gaussian integration by parts, then
-    Mehler's formula; DESIGN §2), evaluated through the Chebyshev series of
+    Mehler's formula; docs/model.md §2), evaluated through the Chebyshev series of
     `jaxmoe.hermite.mehler_chebyshev`. Differentiable.
 
     **Arguments:** `left` with arrays ``(m_left, d)``, `right` with arrays
@@ -201,7 +201,7 @@ def population_loss(student: MoE, teacher: MoE) -> Scalar:
     """The exact population loss ``L = ½ E[(f_student(x) − f_teacher(x))²]``, x ~ N(0, I_d).
 
     Computed from inner products alone with the Hermite/Mehler kernel (module
-    docstring; DESIGN §2), to about 1e-13 relative in float64. Differentiable,
+    docstring; docs/model.md §2), to about 1e-13 relative in float64. Differentiable,
     and usable under `jax.jit` and `jax.vmap`.
 
     **Arguments:**
@@ -298,7 +298,7 @@ def expert_kernel_reference(
 def population_loss_reference(student: MoE, teacher: MoE, nodes: int = 64) -> Scalar:
     """`population_loss` with every K computed by `expert_kernel_reference`.
 
-    ``L = ½ Σ_{i,k} K(i,k) − Σ_{i,j} K(i,j*) + ½ Σ_{j,l} K(j*,l*)`` (DESIGN §2),
+    ``L = ½ Σ_{i,k} K(i,k) − Σ_{i,j} K(i,j*) + ½ Σ_{j,l} K(j*,l*)`` (docs/model.md §2),
     each K by quadrature with `nodes` points per router coordinate.
 
     **Returns:** a scalar.

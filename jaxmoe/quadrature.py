@@ -2,7 +2,7 @@
 
     L(θ) = ½ E_z[(f_student(z) − f_teacher(z))²],   z ~ N(0, I_D)
 
-in the model's own coordinates D (d, or the reduced dimension of DESIGN §3).
+in the model's own coordinates D (d, or the reduced dimension of docs/model.md §3).
 `mixture_loss` picks the most accurate rule that applies (`loss_rule`):
 
 1. ``"exact"``: independent sigmoid/erf gates with He experts on both sides:

@@ -78,13 +78,11 @@ whole grid and replicate r at n is the same draw whatever the grid.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import json
 import math
 import os
-import sys
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -116,8 +114,6 @@ __all__ = [
     "plot_rates",
     "write_rates",
     "load_rates",
-    "add_parser",
-    "main",
 ]
 
 LIKELIHOODS = ("ls", "mle")
@@ -707,13 +703,13 @@ def plot_rates(result: RatesResult, ax=None):
 
         fig = jaxmoe.rates.plot_rates(result)
     """
-    from .plot import _colors, figure
+    from .plot import colors, figure
 
     fig, ax = figure(ax, figsize=(7.5, 5))
     ns = result.ns.astype(float)
     grid = np.geomspace(ns.min(), ns.max(), 50)
-    colors = _colors(len(result.fits))
-    for i, (f, color) in enumerate(zip(result.fits, colors)):
+    palette = colors(len(result.fits))
+    for i, (f, color) in enumerate(zip(result.fits, palette)):
         loss = result.loss[i]
         jitter = np.exp(0.03 * (i - (len(result.fits) - 1) / 2))
         for g, n in enumerate(ns):
@@ -747,7 +743,7 @@ def write_rates(result: RatesResult, folder: str | os.PathLike) -> list[Path]:
 
         jaxmoe.rates.write_rates(result, "runs/rates")
     """
-    from .plot import _write_png
+    from .plot import write_png
     from .results import write_atomic
 
     folder = Path(folder)
@@ -779,7 +775,7 @@ def write_rates(result: RatesResult, folder: str | os.PathLike) -> list[Path]:
              steps=result.steps, wall=result.wall,
              exponent=np.array([[f.exponent, f.low, f.high, f.prefactor, f.theory] for f in result.fits]))
     write_atomic(folder / "rates.npz", buffer.getvalue())
-    _write_png(plot_rates(result), folder / "rates.png")
+    write_png(plot_rates(result), folder / "rates.png")
     return [folder / n for n in ("rates.md", "rates.csv", "fit.csv", "rates.npz", "config.json", "rates.png")]
 
 
@@ -801,96 +797,3 @@ def load_rates(folder: str | os.PathLike) -> RatesResult:
     fits = tuple(_fit(s, config, arrays["ns"], arrays["loss"][i]) for i, s in enumerate(config.settings))
     return RatesResult(config, arrays["ns"], arrays["loss"], arrays["objective"], arrays["grad_norm"],
                        arrays["steps"], fits, arrays["wall"])
-
-
-# ---------------------------------------------------------------------------
-# Command line (wired into `jaxmoe` by jaxmoe.cli)
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Define ``jaxmoe rates`` on an argparse subparsers object; returns its parser.
-
-    Example::
-
-        import argparse, jaxmoe.rates
-        parser = argparse.ArgumentParser(prog="jaxmoe")
-        jaxmoe.rates.add_parser(parser.add_subparsers(dest="command"))
-        args = parser.parse_args(["rates", "--settings", "softmax-exact", "--ns", "100,1000", "--replicates", "4"])
-        jaxmoe.rates.main(args)
-    """
-    d = RatesConfig()
-    p = subparsers.add_parser(
-        "rates",
-        help="parameter-estimation rates: Voronoi loss against n for softmax, temperature and activation gates",
-        description="Draw n samples from a teacher mixture of experts, fit the student (L-BFGS, several restarts, "
-        "vmapped over replicates and n), measure the Voronoi loss to the truth and fit its exponent in n with a "
-        "bootstrap 95% interval, beside the papers' theoretical rates (arXiv 2305.03288, 2401.13875, 2402.02952, "
-        "2503.03213). Writes rates.md, rates.csv, fit.csv, rates.npz, config.json and rates.png. The default is "
-        "small enough for a CPU in minutes; --paper runs the full table (n = 10^2..10^5, 20 replicates).",
-    )
-    p.add_argument("--settings", default=",".join(d.settings), help="comma-separated, from: " + ", ".join(SETTINGS)
-                   + " (default all)")
-    p.add_argument("--ns", default=None, help=f"sample sizes, comma-separated (default {','.join(map(str, d.ns))})")
-    p.add_argument("--paper", action="store_true", help="the full table: n on a log grid 10^2..10^5, 20 replicates, "
-                   "4 restarts, 1000 steps (other flags still apply on top)")
-    p.add_argument("--replicates", type=int, default=None, help=f"data sets per n, at least 2 (default {d.replicates})")
-    p.add_argument("--restarts", type=int, default=None, help=f"optimiser starts per data set (default {d.restarts})")
-    p.add_argument("--noise", type=float, default=d.noise, help="teacher noise sigma > 0 (default %(default)s)")
-    p.add_argument("--steps", type=int, default=None, help=f"optimiser iterations at most (default {d.steps})")
-    p.add_argument("--optimizer", default=d.optimizer, help=f"{', '.join(OPTIMIZERS)} (default %(default)s)")
-    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="adam's step (default %(default)s)")
-    p.add_argument("--likelihood", default=None, help="ls or mle for every setting (default: each setting's own)")
-    p.add_argument("--dim", type=int, default=d.dim, help="input dimension D (default %(default)s)")
-    p.add_argument("--tau", type=float, default=d.tau, help="teacher temperature of the temperature and activation "
-                   "gates (default %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed, help="base seed (default %(default)s)")
-    p.add_argument("--batch", type=int, default=d.batch, help="fits per compiled call (default %(default)s)")
-    p.add_argument("--bootstrap", type=int, default=d.bootstrap, help="bootstrap resamples (default %(default)s)")
-    p.add_argument("--float32", action="store_true", help="single precision (default float64)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/rates-<date>-<time>)")
-    p.add_argument("--overwrite", action="store_true", help="replace a rates result already in --out")
-    return p
-
-
-def _config_from_args(args) -> RatesConfig:
-    changes: dict[str, Any] = {"settings": tuple(s.strip() for s in args.settings.split(",") if s.strip())}
-    if args.ns is not None:
-        try:
-            changes["ns"] = tuple(int(v) for v in args.ns.split(","))
-        except ValueError:
-            raise ValueError(f"--ns takes integers separated by commas; got {args.ns!r}") from None
-    for name in ("replicates", "restarts", "steps"):
-        if getattr(args, name) is not None:
-            changes[name] = getattr(args, name)
-    changes.update(noise=args.noise, optimizer=args.optimizer, learning_rate=args.learning_rate,
-                   likelihood=args.likelihood, dim=args.dim, tau=args.tau, seed=args.seed, batch=args.batch,
-                   bootstrap=args.bootstrap, dtype="float32" if args.float32 else "float64")
-    return RatesConfig.paper(**changes) if args.paper else RatesConfig(**changes)
-
-
-def main(args) -> int:
-    """Run ``jaxmoe rates`` from parsed arguments (`add_parser`): print the table, write the folder.
-
-    A bad input prints one line ``jaxmoe: error: …`` on stderr and returns 2
-    (no traceback); success returns 0. Opts into float64 unless ``--float32``.
-    """
-    try:
-        config = _config_from_args(args)
-        out = args.out or Path("runs") / time.strftime("rates-%Y%m%d-%H%M%S")
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {out} exists and is not a folder")
-        if (out / "rates.md").exists() and not args.overwrite:
-            raise ValueError(f"{out} already holds a result; choose another --out or pass --overwrite")
-    except ValueError as err:
-        print(f"jaxmoe: error: {err}", file=sys.stderr)
-        return 2
-    if config.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)  # the command opts in, as jaxmoe simulate does
-    print(f"jaxmoe rates: {len(config.settings)} settings, n in {list(config.ns)}, {config.replicates} replicates, "
-          f"{config.restarts} restarts, {config.optimizer}, D = {config.dim}, noise {config.noise:g}", flush=True)
-    result = rates(config, log=lambda text: print(text, flush=True))
-    write_rates(result, out)
-    print()
-    print(format_table(result))
-    print(f"\nwrote {out}/: rates.md, rates.csv, fit.csv, rates.npz, config.json, rates.png")
-    return 0

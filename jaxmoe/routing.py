@@ -51,7 +51,6 @@ __all__ = [
     "load_cv",
     "effective_temperature",
     "routing_diagnostics",
-    "plot_routing",
 ]
 
 # Names of the per-time routing observables, as `routing_observables` returns them.
@@ -210,59 +209,3 @@ def routing_diagnostics(load, quality) -> dict[str, np.ndarray]:
         diag = routing_diagnostics(saved["load"], saved["quality"])   # (S, T, m) → (S, T) each
     """
     return {"entropy": load_entropy(load), "cv": load_cv(load), "beta": effective_temperature(load, quality)}
-
-
-def plot_routing(times, load, quality, *, seed: int = 0, ax=None, time_label: str = "gradient-flow time t"):
-    """Routing against training time: per-expert load; load entropy (as a share of log m) and CV;
-    effective inverse temperature β̂.
-
-    **Arguments:** `times` ``(T,)``; `load`, `quality` ``(T, m)`` or ``(S, T, m)``
-    (then `seed` picks one; the entropy and CV panel also shows every seed faintly);
-    `ax`: three axes to draw into (default: a new figure); `time_label`.
-
-    **Returns:** the matplotlib figure.
-
-    Example::
-
-        fig = plot_routing(result.times, saved["load"], saved["quality"], seed=0)
-    """
-    from .plot import _colors, figure
-
-    load, quality, times = np.asarray(load, float), np.asarray(quality, float), np.asarray(times, float)
-    if load.ndim == 2:
-        load, quality = load[None], quality[None]
-    if load.ndim != 3 or load.shape != quality.shape or load.shape[1] != times.shape[0]:
-        raise ValueError(f"load and quality must have shape (T, m) or (S, T, m) with T = {times.shape[0]}; "
-                         f"got {load.shape} and {quality.shape}")
-    if not 0 <= seed < load.shape[0]:
-        raise ValueError(f"seed must be in 0..{load.shape[0] - 1}; got {seed}")
-    fig, ax = figure(ax, ncols=3, figsize=(14, 4))
-    m = load.shape[-1]
-    diag = routing_diagnostics(load, quality)
-    positive = times > 0
-    scale = "log" if positive.sum() > 1 and times[positive].max() / times[positive].min() > 100 else "linear"
-    for i, color in enumerate(_colors(m)):
-        ax[0].plot(times, load[seed, :, i], color=color, lw=1)
-    if np.allclose(load[seed].sum(axis=-1), 1.0, atol=1e-6):
-        # Only a gate whose weights sum to one (softmax-type) has 1/m as its balanced load.
-        ax[0].axhline(1.0 / m, color="k", ls=":", lw=0.8, label="uniform 1/m")
-        ax[0].legend(fontsize=7)
-    ax[0].set_ylabel("load E[g_i(x)]")
-    share = diag["entropy"] / np.log(m) if m > 1 else diag["entropy"]
-    for s in range(load.shape[0]):
-        faint = dict(alpha=0.25, lw=0.6) if s != seed else dict(lw=1.5)
-        ax[1].plot(times, share[s], color="C0", **faint)
-        ax[1].plot(times, diag["cv"][s], color="C3", **faint)
-    ax[1].plot([], [], color="C0", label="entropy / log m")
-    ax[1].plot([], [], color="C3", label="CV of the load")
-    ax[1].set_ylabel("load balance")
-    ax[1].legend(fontsize=7)
-    ax[2].plot(times, diag["beta"][seed], color="C2")
-    ax[2].axhline(0.0, color="k", lw=0.5)
-    ax[2].set_ylabel("effective inverse temperature β")
-    for a in ax:
-        a.set_xscale(scale)
-        a.set_xlabel(time_label)
-        a.grid(alpha=0.3, which="both")
-    ax[0].set_title(f"seed {seed}: load per expert", fontsize=9)
-    return fig

@@ -284,13 +284,13 @@ def plot_scaling(fits: list[ScalingFit], results: dict[int, Result], epsilon: fl
         fits, results = jaxmoe.scaling.scaling(config, dims=(100, 400), t_max=300.0, bootstrap=100)
         fig = jaxmoe.scaling.plot_scaling(fits, results, epsilon=0.05)
     """
-    from .plot import _colors, _pyplot
+    from .plot import colors, pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
     dims = np.array(list(results), dtype=float)
-    colors = _colors(len(fits))
-    for f, color in zip(fits, colors):
+    palette = colors(len(fits))
+    for f, color in zip(fits, palette):
         for d, r in results.items():
             t = np.sort(recovery(r.expert_alignment, r.times, epsilon)[0], axis=1)[:, f.rank - 1]
             jitter = d * np.exp(0.04 * (f.rank - (len(fits) + 1) / 2))
@@ -337,7 +337,7 @@ def write_scaling(fits, results, folder: str | os.PathLike, epsilon: float, conf
         fits, results = jaxmoe.scaling.scaling(config, dims=(100, 400), t_max=300.0, bootstrap=100)
         jaxmoe.scaling.write_scaling(fits, results, "runs/scaling", 0.05, config)
     """
-    from .plot import _write_png
+    from .plot import write_png
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -361,5 +361,5 @@ def write_scaling(fits, results, folder: str | os.PathLike, epsilon: float, conf
     write_atomic(folder / "scaling.md", report.encode())
     header = {"format": "jaxmoe.scaling", "version": 1, "config": config.to_dict(), "dims": list(results), "epsilon": epsilon}
     write_atomic(folder / "config.json", (json.dumps(header, indent=2) + "\n").encode())
-    _write_png(plot_scaling(fits, results, epsilon), folder / "scaling.png")
+    write_png(plot_scaling(fits, results, epsilon), folder / "scaling.png")
     return [folder / n for n in ("scaling.md", "scaling.csv", "fit.csv", "scaling.png")]

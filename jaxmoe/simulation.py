@@ -81,7 +81,7 @@ def simulate(
     ``method="flow"`` integrates the gradient flow ``dθ/dt = −∇L(θ)`` of the
     exact population loss ``L(θ) = ½ E[(f_student(x) − f_teacher(x))²]``
     (`flow.integrate`); the discrete methods take optimiser steps, step k
-    reported at time ``t = k·η`` (`discrete.train`; DESIGN §4).
+    reported at time ``t = k·η`` (`discrete.train`; docs/model.md §4).
 
     **Arguments:**
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from .chunks import FolderConflict, run_chunked
 from .config import SimulationConfig
 from .results import Result, write_atomic, write_summaries
 
@@ -250,7 +251,6 @@ def sweep(
     """
     import jax
 
-    from .chunks import run_chunked
     from .plot import save_figures
 
     folder = Path(folder)
@@ -260,7 +260,7 @@ def sweep(
     marker = folder / "points.txt"
     if marker.is_file() and marker.read_text() != manifest:
         if not overwrite:
-            raise ValueError(f"{folder} holds a sweep of another grid; choose another --out or pass --overwrite")
+            raise FolderConflict(f"{folder} holds a sweep of another grid; choose another --out or pass --overwrite")
         if leader:
             for p in folder.iterdir():
                 shutil.rmtree(p) if p.is_dir() else p.unlink()

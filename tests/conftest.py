@@ -1,6 +1,6 @@
 """Test-session configuration: every test runs in float64.
 
-jaxmoe never flips JAX's global configuration at import (DESIGN §5); the test
+jaxmoe never flips JAX's global configuration at import (README, "Architecture"); the test
 suite opts in here, before any test module builds an array.
 """
 

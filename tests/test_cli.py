@@ -98,3 +98,32 @@ def test_seeds_at_the_step_limit_are_flagged_and_the_rest_complete(tmp_path, cap
     assert table.count(",step_limit,") == 1 and table.count(",success,") == 1
     ok = np.array(result.status_names()) == "success"
     assert np.isfinite(result.loss[ok]).all() and np.isnan(result.loss[~ok, -1]).all()
+
+
+def test_every_configuration_field_has_a_flag():
+    """The problem flags reach every `SimulationConfig` field, under the field's own name."""
+    import dataclasses
+
+    from jaxmoe.cli import parser
+
+    args = parser().parse_args(["simulate"])
+    fields = {f.name for f in dataclasses.fields(jaxmoe.SimulationConfig)}
+    assert fields <= set(vars(args)), sorted(fields - set(vars(args)))
+    args = parser().parse_args(["simulate", "--t-first", "0.01", "--recovery-epsilon", "0.05", "--time-grid", "log"])
+    from jaxmoe.cli._flags import config_from_args
+
+    config = config_from_args(args)
+    assert config.t_first == 0.01 and config.recovery_epsilon == 0.05
+    assert config_from_args(parser().parse_args(["simulate"])) == jaxmoe.SimulationConfig()
+
+
+def test_an_internal_error_is_not_bad_input(tmp_path, monkeypatch):
+    """Only bad input is a one-line usage error; a bug inside a run keeps its traceback."""
+    import jaxmoe.chunks
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(jaxmoe.chunks, "run_chunked", broken)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(TINY + ["--out", str(tmp_path / "run")])

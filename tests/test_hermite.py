@@ -1,6 +1,6 @@
 """Hermite coefficients, Mehler tables and polynomial experts (jaxmoe.hermite).
 
-Constants from DESIGN §1; the probit gate Φ(z) = ½(1 + erf(z/√2)) has closed
+Constants from docs/model.md §1; the probit gate Φ(z) = ½(1 + erf(z/√2)) has closed
 forms for both its coefficients and its Mehler function, which pin the tables
 down independently of the quadrature that computes them.
 """
@@ -14,7 +14,7 @@ from scipy import integrate
 import jaxmoe
 from jaxmoe import hermite
 
-# Eight significant digits as printed in DESIGN §1: agreement to half a unit
+# Eight significant digits as printed in docs/model.md §1: agreement to half a unit
 # in the last digit.
 TOL_8_DIGITS = 5e-9
 
@@ -68,7 +68,7 @@ def test_sigmoid_coefficients_match_direct_quadrature():
 
 
 def test_sigmoid_second_moment_from_mehler_table_at_rho_one():
-    # H_{0,0}(1) = Σ_n c_n²/n! = E[σ(z)²] = 0.29337904 (DESIGN §1).
+    # H_{0,0}(1) = Σ_n c_n²/n! = E[σ(z)²] = 0.29337904 (docs/model.md §1).
     sig = jaxmoe.get_activation("sigmoid")
     table = jaxmoe.mehler_table(sig, sig, 0)
     assert table.shape[1:] == (1, 1)

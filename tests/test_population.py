@@ -215,7 +215,7 @@ def test_fast_loss_matches_reference_student_and_teacher_with_different_specs(se
 
 
 def test_kernel_diagonal_is_design_constant():
-    # One expert with v ⟂ w: E[(σ(a) He3(b))²] = 1.76027422 (DESIGN §1),
+    # One expert with v ⟂ w: E[(σ(a) He3(b))²] = 1.76027422 (docs/model.md §1),
     # whatever the directions: the teacher's experts and the student's (whose
     # routers are orthogonalised against their experts) alike.
     student, _ = _random_pair(3)
@@ -445,7 +445,7 @@ def test_population_loss_rejects_batched_or_mismatched_inputs():
 
 def test_initial_loss_at_figure_one_setting():
     # m* = 5, m = 25, d = 1000: L ≈ ½ · 1.76027422 · (m + m*) ≈ 0.88 (m + m*) = 26.4
-    # (DESIGN §1); the cross terms between random directions are O(d^{-1/2}).
+    # (docs/model.md §1); the cross terms between random directions are O(d^{-1/2}).
     m_star, m, d = 5, 25, 1000
     # The student's law is rotation invariant, so an axis-aligned teacher is
     # as good as a random one (and needs no d × d QR).

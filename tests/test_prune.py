@@ -17,16 +17,17 @@ import pytest
 
 import jaxmoe
 from jaxmoe import MoE, Result, SimulationConfig
+from jaxmoe.cli import UsageError
+from jaxmoe.cli.prune import add_parser
+from jaxmoe.cli.prune import run as run_command
 from jaxmoe.prune import (
     RULES,
-    add_parser,
     fit_linear_rate,
     greedy_match,
     hessian_spectrum,
     loss_hessian,
     norm_directions,
     prune,
-    run_command,
     select_experts,
 )
 
@@ -278,11 +279,11 @@ def test_command_writes_a_complete_folder(redundant_run, tmp_path, capsys):
     assert len(rows) == 3 and rows[0].startswith("seed,status,flags,loss_before")
     assert rows[1].split(",")[rows[0].split(",").index("kept_1")] == "2"
     # A second run into the same folder is refused; bad input is one line.
-    with pytest.raises(ValueError, match="already holds a result"):
+    with pytest.raises(UsageError, match="already holds a result"):
         run_command(parser.parse_args(argv))
-    with pytest.raises(ValueError, match="not a jaxmoe result folder"):
+    with pytest.raises(UsageError, match="not a jaxmoe result folder"):
         run_command(parser.parse_args(["prune", str(tmp_path / "nowhere")]))
-    with pytest.raises(ValueError, match="unknown rule 'worst'; allowed: best, threshold, contribution"):
+    with pytest.raises(UsageError, match="unknown rule 'worst'; allowed: best, threshold, contribution"):
         run_command(parser.parse_args(["prune", str(run_folder), "--rule", "worst"]))
-    with pytest.raises(ValueError, match="threshold must be a number in \\(0, 1\\)"):
+    with pytest.raises(UsageError, match="threshold must be a number in \\(0, 1\\)"):
         run_command(parser.parse_args(["prune", str(run_folder), "--threshold", "2"]))

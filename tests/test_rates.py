@@ -1,6 +1,5 @@
 """Parameter-estimation rates: the Voronoi loss, the fits, the exponent, the files and bad input."""
 
-import argparse
 import math
 
 import jax
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxmoe import rates
+from jaxmoe.cli import main
 from jaxmoe.voronoi import OVERSPECIFIED_RBAR, softmax_gauge, voronoi_cells, voronoi_loss, voronoi_loss_reference
 
 # ---------------------------------------------------------------------------
@@ -159,10 +159,6 @@ def test_bad_configuration_is_one_line(changes, fragment):
     assert fragment in str(err.value) and "\n" not in str(err.value)
 
 
-def _args(*flags):
-    parser = argparse.ArgumentParser(prog="jaxmoe")
-    rates.add_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["rates", *flags])
 
 
 @pytest.mark.parametrize(
@@ -175,7 +171,7 @@ def _args(*flags):
     ],
 )
 def test_bad_command_line_is_one_line_and_exit_code_2(flags, fragment, capsys, tmp_path):
-    assert rates.main(_args(*flags, "--out", str(tmp_path / "out"))) == 2
+    assert main(["rates", *flags, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("jaxmoe: error: ") and fragment in err and err.count("\n") == 1
     assert "Traceback" not in err and not (tmp_path / "out").exists()

@@ -1,4 +1,4 @@
-"""Reduced coordinates (DESIGN §3): the exact d-dimensional flow in 2(m + m*) coordinates.
+"""Reduced coordinates (docs/model.md §3): the exact d-dimensional flow in 2(m + m*) coordinates.
 
 Three kinds of evidence that the reduced simulation *is* the d-dimensional one:
 
@@ -158,7 +158,7 @@ def test_d_1e9_simulates_in_reduced_coordinates():
     np.testing.assert_allclose(np.linalg.norm(x["v"], axis=-1), 1.0, atol=1e-3)
     assert np.abs(np.sum(x["v"] * x["w"], axis=-1)).max() <= 1e-14
     assert np.all(result.status == 0) and np.all(np.isfinite(result.loss))
-    # A random student starts near L ≈ 0.88 (m + m*) (DESIGN §1) and, with
+    # A random student starts near L ≈ 0.88 (m + m*) (docs/model.md §1) and, with
     # alignments ~ 1/√d, has not escaped by t = 20.
     np.testing.assert_allclose(result.loss[:, 0], 0.88 * (M + M_STAR), rtol=0.05)
     assert np.abs(result.expert_alignment).max() < 1e-3

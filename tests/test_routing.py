@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxmoe.families as F
-from jaxmoe import routing
+from jaxmoe import plot, routing
 
 KEYS = jax.random.split(jax.random.PRNGKey(0), 4)
 observe = jax.jit(routing.routing_observables, static_argnames="nodes")
@@ -85,9 +85,9 @@ def test_plot_routing(tmp_path):
     load = np.full((2, 6, 3), 1 / 3)
     load[:, :, 0] += np.linspace(0, 0.2, 6)
     quality = -np.ones((2, 6, 3)) - load
-    fig = routing.plot_routing(times, load, quality, seed=1)
+    fig = plot.plot_routing(times, load, quality, seed=1)
     assert len(fig.axes) == 3
     with pytest.raises(ValueError, match="shape"):
-        routing.plot_routing(times, load[:, :4], quality)
+        plot.plot_routing(times, load[:, :4], quality)
     with pytest.raises(ValueError, match="seed"):
-        routing.plot_routing(times, load, quality, seed=2)
+        plot.plot_routing(times, load, quality, seed=2)
