@@ -96,7 +96,7 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _positive(name: str, value) -> float:
+def check_positive(name: str, value) -> float:
     try:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
     except OverflowError:
@@ -186,12 +186,12 @@ class Gate:
             if field not in allowed and getattr(self, field) != default:
                 takes = ", ".join(allowed) if allowed else "no parameters"
                 raise ValueError(f"gate {self.name!r} takes {takes}; got {field}={getattr(self, field)!r}")
-        object.__setattr__(self, "tau", _positive("tau", self.tau))
+        object.__setattr__(self, "tau", check_positive("tau", self.tau))
         if (self.tau_final is None) != (self.decay is None):
             raise ValueError("a temperature schedule needs both tau_final and decay (or neither)")
         if self.tau_final is not None:
-            object.__setattr__(self, "tau_final", _positive("tau_final", self.tau_final))
-            object.__setattr__(self, "decay", _positive("decay", self.decay))
+            object.__setattr__(self, "tau_final", check_positive("tau_final", self.tau_final))
+            object.__setattr__(self, "decay", check_positive("decay", self.decay))
         if self.name == "activation":
             act = "tanh" if self.activation is None else self.activation
             if act not in GATE_ACTIVATIONS:
@@ -277,6 +277,13 @@ class Expert:
     def hermite(self) -> bool:
         """True for the He_k(w̄·x) experts that the exact kernel knows."""
         return self.name in HERMITE_EXPERTS
+
+    @property
+    def degree(self) -> int | None:
+        """The polynomial degree of the expert: k for He_k, 1 for linear, None for mlp (not a polynomial)."""
+        if self.hermite:
+            return EXPERTS[self.name].degree
+        return 1 if self.name == "linear" else None
 
 
 def as_gate(spec) -> Gate:

@@ -108,14 +108,6 @@ def _units(model: Mixture, sign: float) -> _Units:
     return _Units(v, weight, jnp.full(m, sign, dtype), bias, jnp.arange(m))
 
 
-def _degree(model: Mixture) -> int | None:
-    """Polynomial degree of φ, or None for a non-polynomial (mlp) expert."""
-    spec = model.expert_fn
-    if spec.hermite:
-        return EXPERTS[spec.name].degree
-    return 1 if spec.name == "linear" else None
-
-
 def _phi(model: Mixture):
     spec = model.expert_fn
     if spec.hermite:
@@ -197,7 +189,7 @@ def _grid(router_nodes: int, expert_nodes: int) -> tuple[np.ndarray, np.ndarray]
 
 def _block(left: Mixture, lu: _Units, right: Mixture, ru: _Units, i, k, scale, router_nodes: int, expert_nodes: int) -> Array:
     """``Σ_p scale_p c_{i_p} c_{k_p} K(i_p, k_p)`` over the pairs (i_p, k_p) of units of `left` × `right`."""
-    deg_l, deg_r = _degree(left), _degree(right)
+    deg_l, deg_r = left.expert_fn.degree, right.expert_fn.degree
     if deg_l is None or deg_r is None:
         n_b = expert_nodes
     else:

@@ -325,7 +325,7 @@ def stated_error(student: Mixture, teacher: Mixture) -> float:
     if rule == "pair kernel":
         return _PAIR_KERNEL_ERROR
     if rule == "conditional":
-        error = _CONDITIONAL_ERROR[max(_degree(student), _degree(teacher))]
+        error = _CONDITIONAL_ERROR[max(rule_degree(student), rule_degree(teacher))]
         if any(m.gate.name == "hierarchical" for m in (student, teacher)):
             error *= _HIERARCHICAL_FACTOR
         return error
@@ -351,8 +351,8 @@ def rule_nodes(
     """
     rule = loss_rule(student, teacher)
     if rule == "conditional":
-        order = max(_degree(student), _degree(teacher))
-        n_g = sum(sum(v.shape[0] for v in _gate_vectors(m)) for m in (student, teacher))
+        order = max(rule_degree(student), rule_degree(teacher))
+        n_g = sum(sum(v.shape[0] for v in gate_vectors(m)) for m in (student, teacher))
         return gaussian_nodes(n_g, nodes or CONDITIONAL_NODES, order, seed)
     if rule == "quasi-monte carlo":
         return gaussian_nodes(min(student.dim, _span_size(student, teacher)), nodes or QMC_NODES, 0, seed)
@@ -433,7 +433,7 @@ def mixture_loss(student: Mixture, teacher: Mixture, *, t=None, nodes: int | Non
 # The conditional rule
 
 
-def _gate_vectors(model: Mixture) -> list[Array]:
+def gate_vectors(model: Mixture) -> list[Array]:
     """The unit vectors the gate reads: routers, then group routers (hierarchical)."""
     vectors = [unit(model.router)]
     if model.gate.name == "hierarchical":
@@ -441,7 +441,7 @@ def _gate_vectors(model: Mixture) -> list[Array]:
     return vectors
 
 
-def _expert_vectors(model: Mixture) -> Array:
+def expert_vectors(model: Mixture) -> Array:
     """The vectors the experts read: w̄_i (He), w_i (linear), the rows W_ir (mlp), shape (·, D)."""
     if model.expert_fn.hermite:
         return unit(model.expert)
@@ -456,8 +456,9 @@ def _gates_in_frame(model: Mixture, coords: Array, y: Array, t) -> Array:
     return gate_weights(reduced, y, t)
 
 
-def _degree(model: Mixture) -> int:
-    return int(model.expert_fn.name[2:]) if model.expert_fn.hermite else 1
+def rule_degree(model: Mixture) -> int:
+    """The expert's degree for the conditional rule's node count: its polynomial degree, 1 for mlp."""
+    return model.expert_fn.degree or 1
 
 
 def _derivative_moments(model: Mixture, mean: Array, excess: Array, order: int) -> list[Array]:
@@ -469,7 +470,7 @@ def _derivative_moments(model: Mixture, mean: Array, excess: Array, order: int) 
     zero = jnp.zeros_like(mean)
     if model.expert_fn.name == "linear":
         return [mean + model.bias, jnp.ones_like(mean)] + [zero] * (order - 1)
-    k = _degree(model)
+    k = rule_degree(model)
     e = [jnp.ones_like(mean), mean]
     for n in range(1, k):
         e.append(mean * e[n] + n * excess * e[n - 1])
@@ -499,18 +500,18 @@ def conditional_loss(
     _check_pair(student, teacher)
     if not (_polynomial(student) and _polynomial(teacher)):
         raise ValueError("the conditional rule needs He or linear experts on both sides; use quasi_monte_carlo_loss")
-    order = max(_degree(student), _degree(teacher))
-    n_g = sum(sum(v.shape[0] for v in _gate_vectors(m)) for m in (student, teacher))
+    order = max(rule_degree(student), rule_degree(teacher))
+    n_g = sum(sum(v.shape[0] for v in gate_vectors(m)) for m in (student, teacher))
     points, weights = gaussian_nodes(n_g, nodes, order, seed)
     return _conditional_on_nodes(student, teacher, points, weights, t)
 
 
 def _conditional_on_nodes(student: Mixture, teacher: Mixture, points, weights, t) -> Scalar:
     """`conditional_loss` with the y-nodes and weights given (NumPy or traced arrays)."""
-    order = max(_degree(student), _degree(teacher))
+    order = max(rule_degree(student), rule_degree(teacher))
     models = (student, teacher)
-    gates = [jnp.concatenate(_gate_vectors(m)) for m in models]
-    experts = [_expert_vectors(m) for m in models]
+    gates = [jnp.concatenate(gate_vectors(m)) for m in models]
+    experts = [expert_vectors(m) for m in models]
     sizes_g = [g.shape[0] for g in gates]
     n_g = sum(sizes_g)
     u = jnp.concatenate(gates + experts).T  # (D, k): gate vectors first
@@ -601,13 +602,13 @@ def quasi_monte_carlo_loss(
 
 def _span_size(student: Mixture, teacher: Mixture) -> int:
     """k, the number of vectors both models read (gate, group and expert vectors, mlp rows)."""
-    return sum(v.shape[0] for m in (student, teacher) for v in _gate_vectors(m) + [_expert_vectors(m)])
+    return sum(v.shape[0] for m in (student, teacher) for v in gate_vectors(m) + [expert_vectors(m)])
 
 
 def _quasi_monte_carlo_on_nodes(student: Mixture, teacher: Mixture, points, weights, t) -> Scalar:
     """`quasi_monte_carlo_loss` with the nodes and weights given (NumPy or traced arrays)."""
     models = (student, teacher)
-    vectors = [v for m in models for v in _gate_vectors(m)] + [_expert_vectors(m) for m in models]
+    vectors = [v for m in models for v in gate_vectors(m)] + [expert_vectors(m) for m in models]
     u = jnp.concatenate(vectors).T  # (D, k)
     if u.shape[1] <= student.dim:
         # In the frame of the span: the same rule whatever the coordinates

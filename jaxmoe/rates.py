@@ -94,7 +94,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from .families import _positive
+from .families import check_positive
 from .voronoi import OVERSPECIFIED_RBAR, OVERSPECIFIED_SQUARED, softmax_gauge, voronoi_loss
 
 __all__ = [
@@ -262,7 +262,7 @@ class RatesConfig:
             if not _is_int(value) or value < low:
                 raise ValueError(f"{name} must be an integer ≥ {low}; got {value!r}")
         for name in ("noise", "learning_rate", "tolerance", "tau", "init_scale"):
-            _positive(name, getattr(self, name))
+            check_positive(name, getattr(self, name))
         if not isinstance(self.sigma_floor, (int, float)) or isinstance(self.sigma_floor, bool) or not 0 <= self.sigma_floor < 1:
             raise ValueError(f"sigma_floor must be a number in [0, 1) (a fraction of noise); got {self.sigma_floor!r}")
         if self.optimizer not in OPTIMIZERS:

@@ -83,16 +83,16 @@ def routing_observables(student, teacher, t=None, *, nodes: int = ROUTING_NODES)
         obs["load"].sum()      # 1 for a softmax gate
     """
     from .models import as_mixture
-    from .quadrature import _degree, _expert_vectors, _gate_vectors, gaussian_nodes
+    from .quadrature import expert_vectors, gate_vectors, gaussian_nodes, rule_degree
 
     student, teacher = as_mixture(student), as_mixture(teacher)
     if student.dim != teacher.dim:
         raise ValueError(f"student and teacher must share the dimension; got {student.dim} and {teacher.dim}")
     dim = student.dim
     # Every vector the models read x through (routers, group routers, expert rows).
-    frame = jnp.concatenate([v for m in (student, teacher) for v in _gate_vectors(m) + [_expert_vectors(m)]])
+    frame = jnp.concatenate([v for m in (student, teacher) for v in gate_vectors(m) + [expert_vectors(m)]])
     count = frame.shape[0]
-    degree = max(_degree(student), _degree(teacher))
+    degree = max(rule_degree(student), rule_degree(teacher))
     if count >= dim:
         z, w = gaussian_nodes(dim, nodes, degree)
         x = jnp.asarray(z, frame.dtype)
