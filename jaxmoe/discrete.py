@@ -26,7 +26,6 @@ numbers do not depend on the split.
 from __future__ import annotations
 
 import functools
-import threading
 from typing import NamedTuple
 
 import equinox as eqx
@@ -40,6 +39,7 @@ from .devices import blocks_per_device, in_blocks, num_devices, seed_block, shar
 from .init import seed_key
 from .models import Model, model_forward, model_loss
 from .observables import observe
+from .progress import step_bar
 
 __all__ = ["make_optimizer", "retract", "step_schedule", "train", "vector_norms"]
 
@@ -209,7 +209,7 @@ def _compiled_train(spec: _Spec, custom: optax.GradientTransformation | None):
             if spec.progress:
                 # Unordered: ordered effects cannot span several devices, and
                 # every device reports the same targets (`update` keeps the largest).
-                jax.debug.callback(_progress.update, shard_index(), target)
+                jax.debug.callback(step_bar.update, shard_index(), target)
             return (student, opt_state, target), observe_all(student, teacher, data, target * spec.learning_rate)
 
         (student, _, _), saved = jax.lax.scan(interval, (student, opt_state, jnp.asarray(0, save_steps.dtype)), save_steps)
@@ -220,52 +220,6 @@ def _compiled_train(spec: _Spec, custom: optax.GradientTransformation | None):
     # Student, teacher, data and keys carry the seed axis; the step schedule is
     # shared. Each device runs its seeds in blocks (one block on an accelerator).
     return shard_seeds(in_blocks(jax.jit(run), 4, spec.block), num_batched=4)
-
-
-class _Progress:
-    """A tqdm bar over optimisation steps, fed from inside the compiled scan.
-
-    With the seeds split over devices, each device reports its own steps,
-    from its own thread and in no set order; with its seeds in blocks, each
-    block counts its steps from 0 again. The bar shows the device furthest
-    behind, in steps of all its blocks.
-    """
-
-    def __init__(self):
-        self.bar = None
-        self.steps = 0
-        self.blocks_done = np.zeros(0, int)
-        self.last = np.zeros(0, int)
-        self.lock = threading.Lock()
-
-    def open(self, total: int, devices: int = 1, blocks: int = 1):
-        import tqdm
-
-        self.steps = total
-        self.blocks_done, self.last = np.zeros(devices, int), np.zeros(devices, int)
-        self.bar = tqdm.tqdm(total=total * blocks, unit="step", unit_scale=True, dynamic_ncols=True)
-
-    def update(self, device, step):
-        with self.lock:
-            if self.bar is None:
-                return
-            device, step = int(device), int(step)
-            if step < self.last[device]:  # the device started its next block
-                self.blocks_done[device] += 1
-            self.last[device] = step
-            done = int(np.min(self.blocks_done * self.steps + self.last))
-            if done > self.bar.n:
-                self.bar.n = done
-                self.bar.refresh()
-
-    def close(self):
-        with self.lock:
-            if self.bar is not None:
-                self.bar.close()
-                self.bar = None
-
-
-_progress = _Progress()
 
 
 def train(
@@ -334,13 +288,13 @@ def train(
     run = _compiled_train(spec, transformation)
     if progress:
         blocks = blocks_per_device(len(seed_index), spec.block)
-        _progress.open(int(save_steps[-1]), num_devices(), blocks)
+        step_bar.open(int(save_steps[-1]), num_devices(), blocks)
     try:
         saved, final = run(student, teacher, data, keys, jnp.asarray(save_steps))
         saved, final = jax.device_get((saved, final))
     finally:
         if progress:
-            _progress.close()
+            step_bar.close()
     loss = saved["loss"]
     finite = np.isfinite(loss)
     # A seed that diverged is flagged; its non-finite values stay as they are.

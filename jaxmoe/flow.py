@@ -26,7 +26,6 @@ unaffected (each seed keeps its own step size and stops on its own).
 from __future__ import annotations
 
 import functools
-import threading
 from typing import NamedTuple
 
 import diffrax
@@ -39,7 +38,8 @@ from .config import SimulationConfig
 from .devices import blocks_per_device, in_blocks, num_devices, shard_index, shard_seeds, solve_block
 from .models import Model, expert_alignment, model_loss, router_alignment
 from .observables import observe
-from .pool import Phase, pool_solve
+from .pool import Phase, pool_facts, pool_solve
+from .progress import SlowestSeedMeter, flow_bar
 from .solvers import RKC2, AuxTerm, Tracked, state_norm
 
 __all__ = ["integrate", "time_grid", "vector_field"]
@@ -144,115 +144,6 @@ def _status_code(result) -> jax.Array:
     code = jnp.where(result == diffrax.RESULTS.max_steps_reached, 2, code)
     code = jnp.where(result == diffrax.RESULTS.dt_min_reached, 3, code)
     return jnp.where(result == diffrax.RESULTS.successful, 0, code)
-
-
-class _Progress:
-    """One tqdm bar (percent of t_max) for a solve whose seeds may be split over devices.
-
-    diffrax's `TqdmProgressMeter` opens a bar per compiled solve; with the
-    seeds spread over devices every device runs its own solve, and one bar
-    each would fight over the terminal. Instead every device reports the
-    progress of its slowest seed here, and the bar shows the slowest device.
-    """
-
-    def __init__(self):
-        self.bar = None
-        self.done = np.zeros(0)  # per device: finished blocks + fraction of the current one
-        self.last = np.zeros(0)
-        self.phase = np.zeros(0, int)
-        self.blocks = 1
-        self.lock = threading.Lock()  # devices report from their own threads
-
-    def open(self, devices: int, blocks: int = 1):
-        """`blocks`: seed blocks each device runs one after another (`devices.in_blocks`)."""
-        import tqdm
-
-        self.done, self.last, self.blocks = np.zeros(devices), np.zeros(devices), blocks
-        self.phase = np.zeros(devices, int)
-        self.bar = tqdm.tqdm(total=100, unit="%", bar_format="{percentage:.2f}%|{bar}| [{elapsed}<{remaining}]")
-
-    def open_seeds(self, devices: int, seeds: int):
-        """A bar of finished seeds (the seed pool), each device reporting its own count."""
-        import tqdm
-
-        self.done = np.zeros(devices)
-        self.bar = tqdm.tqdm(total=seeds, unit="seed", bar_format="{n:.0f}/{total} seeds|{bar}| [{elapsed}<{remaining}]")
-
-    def report_seeds(self, device, count):
-        with self.lock:
-            if self.bar is None:
-                return
-            self.done[int(device)] = float(count)
-            self.bar.n = float(self.done.sum())
-            self.bar.refresh()
-
-    def report(self, device, phase, fraction):
-        fraction, phase = float(fraction), int(phase)
-        with self.lock:
-            if self.bar is None or not np.isfinite(fraction):
-                return
-            device = int(device)
-            # Within a block and a phase of the solve the slowest running seed
-            # only moves forward, so a step back, or a return to the first
-            # phase, means the device has started its next block.
-            back = phase < self.phase[device] or (phase == self.phase[device] and fraction < self.last[device])
-            if back and self.done[device] < self.blocks - 1:
-                self.done[device] = np.floor(self.done[device]) + 1
-            self.last[device], self.phase[device] = fraction, phase
-            self.done[device] = max(self.done[device], np.floor(self.done[device]) + fraction)
-            self.bar.n = round(100 * float(self.done.min()) / self.blocks, 2)
-            self.bar.refresh()
-
-    def close(self, finished: bool):
-        with self.lock:
-            if self.bar is not None:
-                if finished:  # seeds that stopped early count as done
-                    self.bar.n = self.bar.total
-                self.bar.close()
-                self.bar = None
-
-
-_progress = _Progress()
-
-
-class _SlowestSeedMeter(diffrax.AbstractProgressMeter):
-    """Feeds `_progress` from inside the compiled solve: this device's slowest running seed.
-
-    Reports every `refresh_steps` steps, through a host callback that does
-    not return anything (so it costs the solve nothing but the call).
-
-    Under vmap a seed that has stopped (early stop or failure) keeps its
-    frozen state while the loop body still runs for it; counting it would
-    freeze the bar at the first seed to stop. Its step counter is frozen too,
-    so the seeds still running are those whose counter equals the largest.
-
-    `start` is where this solve begins, as a fraction of t_max (the second
-    phase of ``solver="auto"`` starts where the first stopped), so that the
-    bar shows the fraction of the whole run.
-    """
-
-    start: jax.Array | float = 0.0
-    phase: int = 0
-    refresh_steps: int = 50
-
-    def init(self):
-        return jnp.asarray(0), shard_index()
-
-    def step(self, state, progress):
-        count, block = state
-        progress = self.start + (1.0 - self.start) * progress
-        newest = eqxi.unvmap_max(count)
-        due = eqxi.nonbatchable(newest % self.refresh_steps == 0)
-        slowest = -eqxi.unvmap_max(jnp.where(count == newest, -progress, -jnp.inf))
-        jax.lax.cond(
-            due,
-            lambda: jax.debug.callback(_progress.report, eqxi.unvmap_max(block), self.phase, slowest),
-            lambda: None,
-        )
-        return count + 1, block
-
-    def close(self, state):
-        del state  # `integrate` closes the host bar once every device is done
 
 
 def _solver(name: str, spec: _Spec, *, stiffness: float | None = None) -> Tracked:
@@ -377,7 +268,7 @@ def _compiled_solve(spec: _Spec):
             max_steps=spec.max_steps,
             event=event,
             throw=False,
-            progress_meter=_SlowestSeedMeter(start=start, phase=index) if spec.progress else diffrax.NoProgressMeter(),
+            progress_meter=SlowestSeedMeter(start=start, phase=index) if spec.progress else diffrax.NoProgressMeter(),
         )
 
     def integrate_one(student0, teacher, times, threshold, recovered_at):
@@ -466,7 +357,7 @@ def _compiled_solve(spec: _Spec):
             handover = lambda index, t, y, args, result: switches(t, y, args, result, threshold, recovered_at)
         on_finish = None
         if spec.progress:
-            on_finish = lambda count: jax.debug.callback(_progress.report_seeds, shard_index(), count)
+            on_finish = lambda count: jax.debug.callback(flow_bar.report_seeds, shard_index(), count)
         out = pool_solve(
             phases, controller(times[-1]), initial=initial, save_fn=save_fn, students=student, args=teacher,
             times=times, lanes=spec.lanes, max_steps=spec.max_steps, dt0=spec.dt, handover=handover,
@@ -494,23 +385,6 @@ def _compiled_solve(spec: _Spec):
     # Each device runs its seeds in blocks (one block on an accelerator, or
     # the seed pool); a block's loop ends when its own seeds are done.
     return shard_seeds(in_blocks(jax.jit(batched), 2, spec.block), num_batched=2)
-
-
-def _pool_facts(lanes: int, per_device: int, finished_at: np.ndarray, num_steps: np.ndarray) -> dict:
-    """The seed pool's lanes, loop iterations and lane utilisation (lane-steps that advanced a seed ÷ lane-steps run).
-
-    Each device runs its own pool on a contiguous share of ``per_device``
-    seeds (`devices.shard_seeds`); a pool runs until its last seed is done.
-    """
-    lane_steps = 0
-    for start in range(0, finished_at.size, per_device):
-        share = finished_at[start : start + per_device]
-        lane_steps += min(lanes, share.size) * (int(share.max()) + 1)
-    return {
-        "lanes": int(lanes),
-        "pool_iterations": int(finished_at.max()) + 1,
-        "lane_utilisation": float(np.sum(num_steps)) / lane_steps,
-    }
 
 
 def _observe_times(states: Model, teacher: Model, ts) -> dict:
@@ -601,9 +475,9 @@ def integrate(config: SimulationConfig, teacher: Model, student: Model, times: n
     solve = _compiled_solve(spec)
     if progress:
         if pooled:
-            _progress.open_seeds(num_devices(), seeds)
+            flow_bar.open_seeds(num_devices(), seeds)
         else:
-            _progress.open(num_devices(), blocks_per_device(seeds, spec.block))
+            flow_bar.open(num_devices(), blocks_per_device(seeds, spec.block))
     finished = False
     try:
         saved, final, t_final, num_steps, status, finished_at = solve(
@@ -611,9 +485,9 @@ def integrate(config: SimulationConfig, teacher: Model, student: Model, times: n
         )
         out = jax.device_get(dict(saved=saved, student=final, t_final=t_final, num_steps=num_steps, status=status))
         out["router"], out["expert"] = out["student"].router, out["student"].expert
-        out["run"] = _pool_facts(lanes, per_device, np.asarray(finished_at), out["num_steps"]) if pooled else {}
+        out["run"] = pool_facts(lanes, per_device, np.asarray(finished_at), out["num_steps"]) if pooled else {}
         finished = True
     finally:
         if progress:
-            _progress.close(finished)
+            flow_bar.close(finished)
     return out

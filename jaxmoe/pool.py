@@ -50,9 +50,10 @@ import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 from jaxtyping import Array, PyTree
 
-__all__ = ["Phase", "pool_solve", "default_refill"]
+__all__ = ["Phase", "pool_solve", "default_refill", "pool_facts"]
 
 
 class Phase(NamedTuple):
@@ -396,3 +397,20 @@ def pool_solve(
              jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32))
     _, outputs, _, _, useful, iterations = jax.lax.while_loop(cond, body, carry)
     return dict(outputs, lane_steps=useful, iterations=iterations)
+
+
+def pool_facts(lanes: int, per_device: int, finished_at: np.ndarray, num_steps: np.ndarray) -> dict:
+    """The seed pool's lanes, loop iterations and lane utilisation (lane-steps that advanced a seed ÷ lane-steps run).
+
+    Each device runs its own pool on a contiguous share of ``per_device``
+    seeds (`devices.shard_seeds`); a pool runs until its last seed is done.
+    """
+    lane_steps = 0
+    for start in range(0, finished_at.size, per_device):
+        share = finished_at[start : start + per_device]
+        lane_steps += min(lanes, share.size) * (int(share.max()) + 1)
+    return {
+        "lanes": int(lanes),
+        "pool_iterations": int(finished_at.max()) + 1,
+        "lane_utilisation": float(np.sum(num_steps)) / lane_steps,
+    }

@@ -10,7 +10,7 @@ import pytest
 
 import jaxmoe
 from jaxmoe import MoE, SimulationConfig, simulate
-from jaxmoe.pool import default_refill
+from jaxmoe.pool import default_refill, pool_facts
 
 # Short horizon, tight tolerances: rounding differences between a batched and
 # an unbatched kernel stay at rounding level (past a saddle escape they grow).
@@ -122,10 +122,8 @@ def test_pool_is_the_vmapped_solve_step_for_step():
 
 
 def test_lane_utilisation_counts_lane_steps():
-    from jaxmoe.flow import _pool_facts
-
     # Two devices of 3 seeds on 2 lanes; the pools ran 10 and 6 iterations.
-    facts = _pool_facts(2, 3, np.array([4, 9, 3, 5, 2, 1]), np.array([4, 5, 3, 4, 2, 2]))
+    facts = pool_facts(2, 3, np.array([4, 9, 3, 5, 2, 1]), np.array([4, 5, 3, 4, 2, 2]))
     assert facts == {"lanes": 2, "pool_iterations": 10, "lane_utilisation": 20 / (2 * 10 + 2 * 6)}
     assert default_refill(1) == 1 and default_refill(128) == 16
 
