@@ -62,7 +62,7 @@ def _from_json(values, shape=None) -> np.ndarray:
 def run_flow(folder, config):
     """The flow on the exact span coordinates of each seed's d-dimensional draw (cached)."""
     import jaxmoe
-    from jaxmoe.compare import _timed
+    from jaxmoe.compare import timed_run
     from jaxmoe.init import init_problem, project_to_span
 
     seed_index = np.arange(config.seeds)
@@ -72,7 +72,7 @@ def run_flow(folder, config):
     meta = folder / "flow.json"
     if (folder / "flow" / "result.npz").is_file() and meta.is_file():
         return jaxmoe.load(folder / "flow"), json.loads(meta.read_text())["wall_time_s"], (teacher, student)
-    flow, wall = _timed(config, span, seed_index, config.replace(t_max=config.t_max * 1e-3))
+    flow, wall = timed_run(config, span, seed_index, config.replace(t_max=config.t_max * 1e-3))
     jaxmoe.save(flow, folder / "flow")
     write_atomically(meta, json.dumps({"wall_time_s": wall}) + "\n")
     return flow, wall, (teacher, student)
@@ -80,13 +80,14 @@ def run_flow(folder, config):
 
 def run_cell(folder, config, flow, initial, retract, eta, batch) -> dict:
     """One (retract, η, B) cell: per-seed measures, written atomically; read back if already there."""
-    from jaxmoe.compare import _timed, measures, recovery_distributions
+    from jaxmoe.agreement import measures, recovery_distributions
+    from jaxmoe.compare import timed_run
 
     path = folder / f"cell-{_cell_name(retract, eta, batch)}.json"
     if path.is_file():
         return json.loads(path.read_text())
     online = config.replace(method="online", learning_rate=eta, batch_size=batch, retract=retract)
-    result, wall = _timed(online, initial, np.arange(config.seeds), online.replace(t_max=eta))
+    result, wall = timed_run(online, initial, np.arange(config.seeds), online.replace(t_max=eta))
     found = measures(result, flow, tolerance=TOLERANCE)
     stat, pvalue, ratio = recovery_distributions(found["recovery"], found["recovery_flow"])
     cell = {
@@ -157,9 +158,9 @@ def _quart(values) -> tuple[float, float, float]:
 
 
 def report(setting, config, flow, flow_wall, cells, dropped, norms, elapsed) -> tuple[str, dict]:
-    from jaxmoe.compare import _kth_recoveries
+    from jaxmoe.agreement import kth_recoveries
 
-    first_flow = _kth_recoveries(flow, 0.05)[:, 0]
+    first_flow = kth_recoveries(flow, 0.05)[:, 0]
     lines = [
         f"# ODE against SGD over (η, B): {setting} (m = {config.m}, m* = {config.m_star}, d = {config.d})",
         "",
@@ -272,7 +273,7 @@ def report(setting, config, flow, flow_wall, cells, dropped, norms, elapsed) -> 
 
 
 def plot(setting, config, flow, cells, fits, path):
-    from jaxmoe.compare import _kth_recoveries
+    from jaxmoe.agreement import kth_recoveries
     from jaxmoe.plot import pyplot, write_png
 
     plt = pyplot()
@@ -295,7 +296,7 @@ def plot(setting, config, flow, cells, fits, path):
         ax[2].plot(x * (1.06 if retract else 1.0), [c["ks_pvalue"][0] for c in group], "o", color=color, ms=4, label=label)
     ax[1].axhline(TOLERANCE, color="k", lw=0.8, ls=":")
     ax[2].axhline(P_LEVEL, color="k", lw=0.8, ls=":")
-    first = _kth_recoveries(flow, 0.05)[:, 0]
+    first = kth_recoveries(flow, 0.05)[:, 0]
     ax[3].step(np.sort(first), np.arange(1, len(first) + 1) / len(first), where="post", color="k", lw=2, label="flow")
     # The smallest, a middle and the largest η/B of each kind: plain solid, norm-preserving dashed.
     for retract, style in ((False, "-"), (True, "--")):

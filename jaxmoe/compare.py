@@ -30,12 +30,18 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from .agreement import (
+    best_alignment,
+    kth_recoveries,
+    lower_median,
+    matched_gap,
+    measures,
+    recovery_distributions,
+)
 from .config import SimulationConfig
 from .init import init_problem, project_to_span
-from .observables import first_crossing, quartiles, recovery
 from .results import Result, save, write_atomic
 from .simulation import simulate
-from .stats import ks_2samp
 
 __all__ = [
     "CompareRow", "compare", "DEFAULT_SETTINGS", "MEASURES", "best_alignment", "format_distributions",
@@ -111,122 +117,6 @@ class CompareRow:
     retract: bool = False
 
 
-def _interpolate(values: np.ndarray, times: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """Linear interpolation of ``values[:, T, ...]`` from `times` to `at` (axis 1)."""
-    k = np.clip(np.searchsorted(times, at, side="right") - 1, 0, len(times) - 2)
-    w = (at - times[k]) / (times[k + 1] - times[k])
-    w = w.reshape((1, -1) + (1,) * (values.ndim - 2))
-    return (1 - w) * values[:, k] + w * values[:, k + 1]
-
-
-def _deviation(result: Result, flow: Result) -> float:
-    worst = 0.0
-    for name in ("expert_alignment", "router_alignment"):
-        reference = _interpolate(getattr(flow, name), flow.times, result.times)
-        worst = max(worst, float(np.nanmax(np.abs(getattr(result, name) - reference))))
-    return worst
-
-
-def best_alignment(result: Result) -> np.ndarray:
-    """For each teacher expert j, the best alignment over student experts, at every saved time.
-
-    ``b_j(t) = max_i w̄_i·w̄*_j(t)`` (experts) and ``max_i v̄_i·v̄*_j(t)``
-    (routers). Taking the maximum at each time, rather than following one
-    student chosen once, keeps the curve continuous and independent of how
-    the student experts are numbered: on the plateau every overlap is of
-    order d^(−1/2) and which one is largest changes from time to time.
-
-    **Arguments:** a `Result` with alignments ``(S, T, m, m*)``.
-
-    **Returns:** ``(S, T, m*, 2)``: ``[..., 0]`` experts, ``[..., 1]`` routers.
-    """
-    curves = [np.nanmax(getattr(result, name), axis=2) for name in ("expert_alignment", "router_alignment")]
-    return np.stack(curves, axis=-1)
-
-
-def matched_gap(result: Result, flow: Result) -> np.ndarray:
-    """The matched gap at each of `result`'s saved times: ``max_{j, kind} |b_j(t) − b^flow_j(t)|``.
-
-    `best_alignment` of both, the flow's linearly interpolated to `result`'s
-    times (SGD saves at multiples of η). Invariant under any relabelling of
-    either run's student experts.
-
-    **Returns:** ``(S, T)``.
-    """
-    reference = _interpolate(best_alignment(flow), flow.times, result.times)
-    return np.max(np.abs(best_alignment(result) - reference), axis=(2, 3))
-
-
-def _kth_recoveries(result: Result, epsilon: float) -> np.ndarray:
-    times, _ = recovery(result.expert_alignment, result.times, epsilon)
-    return np.sort(times, axis=1)  # (S, m*): the k-th recovery of each seed
-
-
-def measures(result: Result, flow: Result, *, epsilon: float = 0.05, tolerance: float = 0.05) -> dict:
-    """Per-seed agreement of a run with the flow from the same seeds (both on linear time grids).
-
-    **Arguments:** `result` (e.g. online SGD) and `flow` with the same seeds;
-    `epsilon` (recovery: alignment ≥ 1 − ε); `tolerance` (parting).
-
-    **Returns:** a dict of NumPy arrays over seeds ``(S,)`` unless said:
-
-    - ``pairwise``: ``max_{t,i,j} |a_ij − a^flow_ij|`` (routers and experts);
-    - ``matched``: ``max_t`` of the matched gap (`matched_gap`);
-    - ``escape``: the same over ``t ≤ t₁``, t₁ the flow's first recovery in
-      the seed (``min_j`` of `observables.recovery`; the whole run if none);
-    - ``parting``: the first time the matched gap reaches `tolerance`
-      (linearly interpolated, `observables.first_crossing`; ``inf``: never);
-    - ``loss``: ``max_t |L(t) − L^flow(t)|``;
-    - ``first_recovery_flow``: t₁; ``recovery``, ``recovery_flow``: the k-th
-      recovery times ``(S, m*)`` of each run.
-    """
-    gap = matched_gap(result, flow)
-    recovered = _kth_recoveries(result, epsilon)
-    recovered_flow = _kth_recoveries(flow, epsilon)
-    first = recovered_flow[:, 0]
-    before = result.times[None, :] <= first[:, None]
-    pairwise = np.zeros(result.num_seeds)
-    for name in ("expert_alignment", "router_alignment"):
-        reference = _interpolate(getattr(flow, name), flow.times, result.times)
-        pairwise = np.maximum(pairwise, np.nanmax(np.abs(getattr(result, name) - reference), axis=(1, 2, 3)))
-    loss_flow = _interpolate(flow.loss[..., None], flow.times, result.times)[..., 0]
-    return {
-        "pairwise": pairwise,
-        "matched": np.max(gap, axis=1),
-        "escape": np.max(np.where(before, gap, 0.0), axis=1),
-        "parting": first_crossing(gap, result.times, tolerance),
-        "loss": np.nanmax(np.abs(result.loss - loss_flow), axis=1),
-        "first_recovery_flow": first,
-        "recovery": recovered,
-        "recovery_flow": recovered_flow,
-    }
-
-
-def _median(values: np.ndarray) -> float:
-    return float(quartiles(values)["median"])  # an actual entry: inf counts as larger than all
-
-
-def recovery_distributions(recovered: np.ndarray, recovered_flow: np.ndarray):
-    """Per recovery rank k: ``(D, p, ratio of medians)`` of the seeds' k-th recovery times, SGD against flow.
-
-    `jaxmoe.stats.ks_2samp` on the two samples (``inf``: not recovered);
-    the ratio is ``median(SGD) / median(flow)`` (``nan`` when both are inf).
-
-    **Arguments:** ``(S, m*)`` and ``(S', m*)`` sorted recovery times (`measures`).
-
-    **Returns:** three tuples of m* floats.
-    """
-    stat, pvalue, ratio = [], [], []
-    for k in range(recovered.shape[1]):
-        d, p = ks_2samp(recovered[:, k], recovered_flow[:, k])
-        a, b = _median(recovered[:, k]), _median(recovered_flow[:, k])
-        stat.append(d)
-        pvalue.append(p)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ratio.append(float(np.divide(a, b)) if not (np.isinf(a) and np.isinf(b)) else math.nan)
-    return tuple(stat), tuple(pvalue), tuple(ratio)
-
-
 def _within(measure: str, row: CompareRow, tolerance: float) -> bool:
     if measure == "distribution":
         return all(p > tolerance for p in row.ks_pvalue)
@@ -236,11 +126,11 @@ def _within(measure: str, row: CompareRow, tolerance: float) -> bool:
 
 
 def _recovery_median(result: Result, epsilon: float) -> tuple[float, ...]:
-    ordered = _kth_recoveries(result, epsilon)
-    return tuple(_median(ordered[:, k]) for k in range(ordered.shape[1]))
+    ordered = kth_recoveries(result, epsilon)
+    return tuple(lower_median(ordered[:, k]) for k in range(ordered.shape[1]))
 
 
-def _timed(config: SimulationConfig, initial, seed_index, warm_config: SimulationConfig) -> tuple[Result, float]:
+def timed_run(config: SimulationConfig, initial, seed_index, warm_config: SimulationConfig) -> tuple[Result, float]:
     # The first call compiles; the same shapes at a tiny horizon make the
     # timed call reuse it, so wall times compare running, not compiling.
     simulate(warm_config, initial=initial, seed_index=seed_index)
@@ -309,7 +199,7 @@ def compare(
     rows, results = [], {}
 
     log(f"gradient flow ({base.seeds} seeds, t_max = {base.t_max:g}) ...")
-    flow, wall = _timed(base, span, seed_index, base.replace(t_max=base.t_max * 1e-3))
+    flow, wall = timed_run(base, span, seed_index, base.replace(t_max=base.t_max * 1e-3))
     results["flow"] = flow
     m_star = base.m_star
     rows.append(
@@ -319,7 +209,7 @@ def compare(
     for eta, batch in settings:
         log(f"online SGD η = {eta:g}, B = {batch}{' (norm-preserving)' if retract else ''} ...")
         online = base.replace(method="online", learning_rate=eta, batch_size=batch, retract=retract)
-        result, wall = _timed(online, (teacher, student), seed_index, online.replace(t_max=eta))
+        result, wall = timed_run(online, (teacher, student), seed_index, online.replace(t_max=eta))
         found = measures(result, flow, epsilon=epsilon, tolerance=tolerance)
         stat, pvalue, ratio = recovery_distributions(found["recovery"], found["recovery_flow"])
         steps = int(result.num_steps[0])
@@ -327,8 +217,8 @@ def compare(
         row = CompareRow(
             "online", eta, batch, wall, steps, steps * batch, float(np.max(found["pairwise"])),
             _recovery_median(result, epsilon), False,
-            matched_deviation=_median(found["matched"]), escape_deviation=_median(found["escape"]),
-            parting_time=_median(found["parting"]), loss_deviation=_median(found["loss"]),
+            matched_deviation=lower_median(found["matched"]), escape_deviation=lower_median(found["escape"]),
+            parting_time=lower_median(found["parting"]), loss_deviation=lower_median(found["loss"]),
             ks_statistic=stat, ks_pvalue=pvalue, median_ratio=ratio, retract=retract,
         )
         rows.append(dataclasses.replace(row, within=_within(measure, row, tolerance)))
