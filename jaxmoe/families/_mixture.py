@@ -1,0 +1,140 @@
+"""The Mixture PyTree of any family, its gate weights, expert values and forward."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ..hermite import ACTIVATIONS, EXPERTS
+from ..model import unit
+from ._specs import Expert, Gate, as_expert, as_gate
+
+
+class Mixture(eqx.Module):
+    """A mixture of experts of any gate and expert family: ``f(θ, x) = Σ_i g_i(x) E_i(x)``.
+
+    The same class serves as teacher and as student. Under `jax.vmap` the
+    arrays carry leading batch axes (one per seed).
+
+    **Arguments:**
+
+    - `router`: router vectors v_i, shape ``(m, D)`` (used through v̄_i).
+    - `expert`: expert weights: ``(m, D)`` for He_k (used through w̄_i) and
+      linear; ``(m, h, D)`` for mlp (the first layer W_ir).
+    - `group_router`: ``(G, D)`` group routers u_g for ``"hierarchical"``
+      (used through ū_g), else ``None``.
+    - `bias`: ``(m,)`` biases b_i for ``"linear"``, else ``None``.
+    - `output`: ``(m, h)`` output weights a_ir for ``"mlp"``, else ``None``.
+    - `gate`, `expert_fn`: `Gate` and `Expert` specifications or their
+      strings. Static: not leaves of the PyTree.
+
+    **Raises:** `ValueError` (one line) for shapes that do not fit the
+    families, groups that do not divide m, or k outside 1..m.
+    """
+
+    router: Float[Array, "m D"]
+    expert: Array
+    group_router: Array | None = None
+    bias: Array | None = None
+    output: Array | None = None
+    gate: Gate = eqx.field(static=True, default=Gate("sigmoid"), converter=as_gate)
+    expert_fn: Expert = eqx.field(static=True, default=Expert("he3"), converter=as_expert)
+
+    def __check_init__(self):
+        shape_r = getattr(self.router, "shape", None)
+        shape_e = getattr(self.expert, "shape", None)
+        if shape_r is None or shape_e is None or len(shape_r) != 2:
+            return  # placeholders built by JAX transformations, or batched arrays under vmap
+        m, dim = shape_r
+        gate, expert = self.gate, self.expert_fn
+        want = (m, expert.hidden, dim) if expert.name == "mlp" else (m, dim)
+        if tuple(shape_e) != want:
+            raise ValueError(f"expert {str(expert)!r} needs expert weights of shape {want}; got {tuple(shape_e)}")
+        if expert.name == "linear" and (self.bias is None or tuple(self.bias.shape) != (m,)):
+            raise ValueError(f"expert 'linear' needs bias of shape ({m},); got {getattr(self.bias, 'shape', None)}")
+        if expert.name == "mlp" and (self.output is None or tuple(self.output.shape) != (m, expert.hidden)):
+            raise ValueError(
+                f"expert 'mlp' needs output weights of shape {(m, expert.hidden)}; got {getattr(self.output, 'shape', None)}"
+            )
+        if gate.name == "hierarchical":
+            if m % gate.groups != 0:
+                raise ValueError(f"hierarchical gate: groups = {gate.groups} must divide m = {m}")
+            if self.group_router is None or tuple(self.group_router.shape) != (gate.groups, dim):
+                raise ValueError(
+                    f"hierarchical gate needs group_router of shape {(gate.groups, dim)}; "
+                    f"got {getattr(self.group_router, 'shape', None)}"
+                )
+        if gate.name == "topk" and not 1 <= gate.k <= m:
+            raise ValueError(f"topk gate: k must be in 1..m = 1..{m}; got {gate.k}")
+
+    @property
+    def num_experts(self) -> int:
+        """m, the number of experts."""
+        return self.router.shape[-2]
+
+    @property
+    def dim(self) -> int:
+        """D, the dimension of the coordinates (d, or the reduced dimension)."""
+        return self.router.shape[-1]
+
+
+def gate_weights(model: Mixture, x: Float[Array, "n D"], t=None) -> Float[Array, "n m"]:
+    """The gate g_i(x) for each input and expert, at gradient-flow time `t` (for a τ schedule)."""
+    gate = model.gate
+    logits = x @ unit(model.router).T  # (n, m)
+    if gate.independent:
+        return ACTIVATIONS[gate.name](logits)
+    tau = gate.temperature(t)
+    if gate.name == "activation":
+        act = jnp.tanh if gate.activation == "tanh" else jax.nn.sigmoid
+        logits = act(logits)
+    logits = logits / tau
+    if gate.name in ("softmax", "temperature", "activation"):
+        return jax.nn.softmax(logits, axis=-1)
+    if gate.name == "hierarchical":
+        n, m = logits.shape
+        groups = gate.groups
+        outer = jax.nn.softmax(x @ unit(model.group_router).T / tau, axis=-1)  # (n, G)
+        inner = jax.nn.softmax(logits.reshape(n, groups, m // groups), axis=-1)  # (n, G, E)
+        return (outer[:, :, None] * inner).reshape(n, m)
+    # topk: the k-th largest logit is the threshold; ties have probability zero.
+    threshold = jax.lax.top_k(logits, gate.k)[0][:, -1:]
+    kept = logits >= threshold
+    masked = jnp.where(kept, logits, -jnp.inf)
+    return jax.nn.softmax(masked, axis=-1)
+
+
+def expert_values(model: Mixture, x: Float[Array, "n D"]) -> Float[Array, "n m"]:
+    """Each expert's output E_i(x): shape ``(n, m)``."""
+    expert = model.expert_fn
+    if expert.hermite:
+        return EXPERTS[expert.name](x @ unit(model.expert).T)
+    if expert.name == "linear":
+        return x @ model.expert.T + model.bias
+    act = {"sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh, "gelu": lambda z: jax.nn.gelu(z, approximate=False)}
+    pre = jnp.einsum("nd,mhd->nmh", x, model.expert)
+    return jnp.einsum("nmh,mh->nm", act[expert.activation](pre), model.output)
+
+
+def mixture_forward(model: Mixture, x: Float[Array, "n D"], t=None) -> Float[Array, " n"]:
+    """``f(θ, x) = Σ_i g_i(x) E_i(x)`` for a batch of inputs.
+
+    **Arguments:**
+
+    - `model`: the `Mixture`.
+    - `x`: inputs, shape ``(n, D)``.
+    - `t`: gradient-flow time, used only by a gate with a temperature
+      schedule (``None``: t = 0).
+
+    **Returns:** the outputs, shape ``(n,)``.
+
+    Example::
+
+        teacher = init_mixture_teacher(2, 6, "topk:k=1", "linear", key=jax.random.PRNGKey(0))
+        mixture_forward(teacher, jnp.ones((3, 6))).shape       # (3,)
+    """
+    if x.ndim != 2 or x.shape[-1] != model.dim:
+        raise ValueError(f"x must have shape (n, {model.dim}); got {x.shape}")
+    return jnp.sum(gate_weights(model, x, t) * expert_values(model, x), axis=-1)
