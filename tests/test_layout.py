@@ -116,3 +116,9 @@ def test_every_model_citation_points_at_a_section():
             if last:
                 cited.add(f"§{last}")
     assert cited and cited <= sections, sorted(cited - sections)
+
+
+def test_no_module_over_500_lines():
+    """One concept per module: long derivations go to docs/, several concepts to a package."""
+    long = {str(path.relative_to(ROOT)): n for path in PACKAGE.rglob("*.py") if (n := len(path.read_text().splitlines())) > 500}
+    assert long == {}
