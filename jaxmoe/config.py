@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any, Literal
 
-from .families import Expert, Gate, is_classic, num_vectors
+from .families import Expert, Gate, is_classic, is_int, num_vectors
 
 __all__ = ["SimulationConfig", "SOLVERS", "TIME_GRIDS", "TEACHERS", "MODES", "DTYPES", "METHODS", "OPTIMIZERS"]
 
@@ -28,10 +28,6 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop")
 # run in the reduced coordinates. Adam and RMSprop scale each coordinate on
 # its own, so they need the d coordinates of the actual parameter vectors.
 ROTATION_EQUIVARIANT = ("sgd", "momentum", "nesterov")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _is_real(x) -> bool:
@@ -189,12 +185,12 @@ class SimulationConfig:
     def __post_init__(self):
         for name in ("d", "m", "m_star", "seeds", "num_times", "max_steps"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an integer ≥ 1; got {_show(value)}")
         if self.num_times < 2:
             raise ValueError(f"num_times must be at least 2; got {self.num_times}")
         # PRNGKey takes at most 64 bits, and without x64 only the low 32 (then 2³² would repeat seed 0).
-        if not _is_int(self.base_seed) or not 0 <= self.base_seed < 2**32:
+        if not is_int(self.base_seed) or not 0 <= self.base_seed < 2**32:
             raise ValueError(f"base_seed must be an integer ≥ 0 and < 2**32; got {_show(self.base_seed)}")
         self._check_families()
         positive = {"t_max": self.t_max, "rtol": self.rtol, "atol": self.atol}
@@ -245,11 +241,11 @@ class SimulationConfig:
             raise ValueError(f"learning_rate must be a finite number > 0; got {_show(self.learning_rate)}")
         if not _is_real(self.momentum) or not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1); got {_show(self.momentum)}")
-        if not _is_int(self.batch_size) or self.batch_size < 1:
+        if not is_int(self.batch_size) or self.batch_size < 1:
             raise ValueError(f"batch_size must be an integer ≥ 1; got {_show(self.batch_size)}")
-        if self.num_samples is not None and (not _is_int(self.num_samples) or self.num_samples < 1):
+        if self.num_samples is not None and (not is_int(self.num_samples) or self.num_samples < 1):
             raise ValueError(f"num_samples must be an integer ≥ 1; got {_show(self.num_samples)}")
-        if self.lanes is not None and (not _is_int(self.lanes) or self.lanes < 1):
+        if self.lanes is not None and (not is_int(self.lanes) or self.lanes < 1):
             raise ValueError(f"lanes must be an integer ≥ 1 or None; got {_show(self.lanes)}")
         if self.method != "flow" and self.lanes is not None:
             raise ValueError(f"lanes applies to method 'flow' only; got method {self.method!r}")

@@ -37,6 +37,7 @@ __all__ = [
     "hermite_coefficients",
     "mehler_table",
     "mehler_chebyshev",
+    "gauss_hermite_rule",
 ]
 
 # Highest Hermite index computed. Mehler tables need c_{n+j} for n below the
@@ -379,3 +380,14 @@ def mehler_chebyshev(left: Activation, right: Activation, max_order: int) -> np.
         raise ValueError(f"the Mehler functions of ({left.name}, {right.name}) are not smooth enough")
     degree = int(np.argmax(tail_small))
     return coeffs[: max(degree, 2)].reshape(-1, max_order + 1, max_order + 1)
+
+
+def gauss_hermite_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights of the n-point Gauss–Hermite rule for E[g(z)], z ~ N(0, 1) (weights sum to 1).
+
+    NumPy's rule overflows beyond 150 nodes, so larger n is refused.
+    """
+    if not 1 <= n <= 150:
+        raise ValueError(f"nodes must be between 1 and 150 (NumPy's rule overflows beyond); got {n}")
+    nodes, weights = np.polynomial.hermite_e.hermegauss(n)
+    return nodes, weights / weights.sum()

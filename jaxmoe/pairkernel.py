@@ -59,7 +59,7 @@ import numpy as np
 from jaxtyping import Array, Float, Scalar
 
 from .families import Mixture
-from .hermite import ACTIVATIONS, EXPERTS
+from .hermite import ACTIVATIONS, EXPERTS, gauss_hermite_rule
 from .model import unit
 
 __all__ = ["independent_loss", "orthonormal_frame", "ROUTER_NODES", "EXPERT_NODES"]
@@ -173,15 +173,10 @@ def orthonormal_frame(vectors: Float[Array, "D k"], *, stop_gradient: bool = Tru
     return jax.lax.fori_loop(0, vectors.shape[1], column, jnp.zeros_like(vectors))
 
 
-def _gauss_hermite(n: int) -> tuple[np.ndarray, np.ndarray]:
-    z, w = np.polynomial.hermite_e.hermegauss(n)
-    return z, w / w.sum()
-
-
 @functools.lru_cache(maxsize=64)
 def _grid(router_nodes: int, expert_nodes: int) -> tuple[np.ndarray, np.ndarray]:
-    za, wa = _gauss_hermite(router_nodes)
-    zb, wb = _gauss_hermite(expert_nodes)
+    za, wa = gauss_hermite_rule(router_nodes)
+    zb, wb = gauss_hermite_rule(expert_nodes)
     g = np.stack(np.meshgrid(za, za, zb, zb, indexing="ij"), axis=-1).reshape(-1, 4)
     w = functools.reduce(np.multiply.outer, [wa, wa, wb, wb]).ravel()
     return g, w

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
-from .hermite import HermiteExpert, mehler_chebyshev
+from .hermite import HermiteExpert, gauss_hermite_rule, mehler_chebyshev
 from .model import MoE, forward, unit
 
 __all__ = [
@@ -237,14 +237,6 @@ def population_loss(student: MoE, teacher: MoE) -> Scalar:
 # The plain reference: Gauss–Hermite quadrature
 
 
-def _gauss_hermite(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes and weights of the n-point rule for E[g(z)], z ~ N(0, 1)."""
-    if not 1 <= n <= 150:
-        raise ValueError(f"nodes must be between 1 and 150 (NumPy's rule overflows beyond); got {n}")
-    nodes, weights = np.polynomial.hermite_e.hermegauss(n)
-    return nodes, weights / weights.sum()
-
-
 def expert_kernel_reference(
     left: MoE, right: MoE, nodes: int = 64
 ) -> Float[Array, "m_left m_right"]:
@@ -274,8 +266,8 @@ def expert_kernel_reference(
         float(jnp.max(jnp.abs(fast - slow)))     # about 1e-16
     """
     degree = left.expert_fn.degree + right.expert_fn.degree
-    za, wa = _gauss_hermite(nodes)
-    zb, wb = _gauss_hermite(degree // 2 + 1)
+    za, wa = gauss_hermite_rule(nodes)
+    zb, wb = gauss_hermite_rule(degree // 2 + 1)
     dtype = jnp.result_type(left.router.dtype, right.router.dtype)
     g = np.stack(np.meshgrid(za, za, zb, zb, indexing="ij"), axis=-1).reshape(-1, 4)
     w = (wa[:, None, None, None] * wa[None, :, None, None] * wb[None, None, :, None] * wb[None, None, None, :]).reshape(-1)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..families import check_positive
+from ..families import check_positive, is_int
 
 LIKELIHOODS = ("ls", "mle")
 OPTIMIZERS = ("lbfgs", "adam")
@@ -53,8 +53,9 @@ DEFAULT_SETTINGS = ("softmax-exact", "softmax-over", "temperature-linear", "acti
 K_STAR = 2
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+def _is_integer(x) -> bool:
+    # NumPy integers too: the grid of n is often built with NumPy.
+    return is_int(x) or isinstance(x, np.integer)
 
 
 def num_parameters(setting: str | Setting, dim: int, likelihood: str | None = None) -> int:
@@ -143,7 +144,7 @@ class RatesConfig:
             raise ValueError(f"settings must be distinct names from {', '.join(SETTINGS)}; got {self.settings!r}")
         object.__setattr__(self, "settings", settings)
         try:
-            ns = tuple(int(n) for n in self.ns) if all(_is_int(n) for n in self.ns) else None
+            ns = tuple(int(n) for n in self.ns) if all(_is_integer(n) for n in self.ns) else None
         except TypeError:
             ns = None
         if ns is None or len(ns) < 2 or len(set(ns)) != len(ns):
@@ -152,7 +153,7 @@ class RatesConfig:
         for name in ("replicates", "restarts", "steps", "dim", "batch", "bootstrap", "seed"):
             value = getattr(self, name)
             low = {"replicates": 2, "bootstrap": 10, "seed": 0}.get(name, 1)
-            if not _is_int(value) or value < low:
+            if not _is_integer(value) or value < low:
                 raise ValueError(f"{name} must be an integer ≥ {low}; got {value!r}")
         for name in ("noise", "learning_rate", "tolerance", "tau", "init_scale"):
             check_positive(name, getattr(self, name))
