@@ -66,7 +66,7 @@ def shard_index() -> Int[Array, ""]:
         return jnp.asarray(0, jnp.int32)
 
 
-def _pad(x: Shaped[Array, "S ..."], pad: int) -> Shaped[Array, "S+pad ..."]:
+def _pad(x: Shaped[Array, "S ..."], pad: int) -> Shaped[Array, "padded ..."]:
     """Repeat the last seed `pad` times.
 
     A copy of a real seed runs exactly like it, so padded lanes stay finite
