@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Scalar
 
-from .families import Mixture
+from .families import MLP_FUNCTIONS, Mixture
 from .hermite import ACTIVATIONS, EXPERTS, gauss_hermite_rule
 from .model import unit
 
@@ -77,9 +77,6 @@ PAIR_BATCH = 8
 # 1.5e-10 in float64, 3.5e-6 in float32; dropping such a residual changes a
 # projection by that fraction of the vector, far below any quadrature error.
 _FRAME_TOLERANCE = 1e-2
-
-_MLP_ACT = {"sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh, "gelu": lambda z: jax.nn.gelu(z, approximate=False)}
-
 
 class _Units(NamedTuple):
     router: Array  # (n, D) unit vectors v̄_u
@@ -114,7 +111,7 @@ def _phi(model: Mixture):
         return lambda z, b: EXPERTS[spec.name](z)
     if spec.name == "linear":
         return lambda z, b: z + b
-    act = _MLP_ACT[spec.activation]
+    act = MLP_FUNCTIONS[spec.activation]
     return lambda z, b: act(z)
 
 

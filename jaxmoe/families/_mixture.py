@@ -11,6 +11,10 @@ from ..hermite import ACTIVATIONS, EXPERTS
 from ..model import unit
 from ._specs import Expert, Gate, as_expert, as_gate
 
+# The hidden units' activations of the mlp experts (`MLP_ACTIVATIONS`); GELU
+# is the exact z·Φ(z), not its tanh approximation.
+MLP_FUNCTIONS = {"sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh, "gelu": lambda z: jax.nn.gelu(z, approximate=False)}
+
 
 class Mixture(eqx.Module):
     """A mixture of experts of any gate and expert family: ``f(θ, x) = Σ_i g_i(x) E_i(x)``.
@@ -113,9 +117,8 @@ def expert_values(model: Mixture, x: Float[Array, "n D"]) -> Float[Array, "n m"]
         return EXPERTS[expert.name](x @ unit(model.expert).T)
     if expert.name == "linear":
         return x @ model.expert.T + model.bias
-    act = {"sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh, "gelu": lambda z: jax.nn.gelu(z, approximate=False)}
     pre = jnp.einsum("nd,mhd->nmh", x, model.expert)
-    return jnp.einsum("nmh,mh->nm", act[expert.activation](pre), model.output)
+    return jnp.einsum("nmh,mh->nm", MLP_FUNCTIONS[expert.activation](pre), model.output)
 
 
 def mixture_forward(model: Mixture, x: Float[Array, "n D"], t=None) -> Float[Array, " n"]:
