@@ -246,21 +246,20 @@ def report(setting, config, flow, flow_wall, cells, dropped, norms, elapsed) -> 
                 f"more than {EXTRAPOLATION:g}× below the smallest η/B measured: too far to predict a cost. "
                 f"Smaller η/B (a GPU) is needed here."
             )
-            target = None
-    if not agreeing and target is not None:
-        predicted = per_sample * config.t_max / target if np.isfinite(target) else math.nan
-        low, high = target_interval([c for c in cells if c["retract"] == which])
-        headline = {"agreeing": False, "eta_over_b": target, "predicted_ratio": predicted / flow_wall,
-                    "retract": which}
-        lines.append(
-            f"**Headline:** no SGD cell within reach agrees with the flow. The fitted first-escape law "
-            f"({'norm-preserving' if which else 'plain'}; the other: η/B ≈ {targets[not which]:.2g}) reaches "
-            f"{TOLERANCE} at η/B ≈ {target:.2g}; at the measured {per_sample * 1e6:.2f} µs per input (all seeds), "
-            f"that is {config.t_max / target:.3g} inputs per seed and about {predicted:.0f} s, "
-            f"**{predicted / flow_wall:.0f}×** the flow's wall time (predicted, not measured; bootstrap 95% interval of "
-            f"that η/B: {low:.2g}–{high:.2g}, so {per_sample * config.t_max / high / flow_wall:.2g}–"
-            f"{per_sample * config.t_max / low / flow_wall:.2g}×)."
-        )
+        else:
+            predicted = per_sample * config.t_max / target
+            low, high = target_interval([c for c in cells if c["retract"] == which])
+            headline = {"agreeing": False, "eta_over_b": target, "predicted_ratio": predicted / flow_wall,
+                        "retract": which}
+            lines.append(
+                f"**Headline:** no SGD cell within reach agrees with the flow. The fitted first-escape law "
+                f"({'norm-preserving' if which else 'plain'}; the other: η/B ≈ {targets[not which]:.2g}) reaches "
+                f"{TOLERANCE} at η/B ≈ {target:.2g}; at the measured {per_sample * 1e6:.2f} µs per input (all seeds), "
+                f"that is {config.t_max / target:.3g} inputs per seed and about {predicted:.0f} s, "
+                f"**{predicted / flow_wall:.0f}×** the flow's wall time (predicted, not measured; bootstrap 95% interval of "
+                f"that η/B: {low:.2g}–{high:.2g}, so {per_sample * config.t_max / high / flow_wall:.2g}–"
+                f"{per_sample * config.t_max / low / flow_wall:.2g}×)."
+            )
     if dropped:
         lines += ["", "Cells left out (more than the sample limit per seed; for a GPU): "
                   + ", ".join(f"η = {eta:g}, B = {batch}" for eta, batch in dropped) + " (plain and retracted)."]

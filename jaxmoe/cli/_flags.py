@@ -18,7 +18,7 @@ from ..families import EXPERT_FAMILIES, GATES, MLP_ACTIVATIONS
 
 __all__ = [
     "CONFIG_FIELDS", "Parser", "UsageError", "add_problem_flags", "add_scale_flags", "check_scale_flags",
-    "config_from_args", "out_path", "output_folder", "start_processes", "use_float64",
+    "claim_folder", "config_from_args", "out_path", "output_folder", "start_processes", "use_float64",
 ]
 
 _DEFAULTS = SimulationConfig()
@@ -99,34 +99,38 @@ def add_problem_flags(p: argparse.ArgumentParser) -> None:
     p.set_defaults(dtype=_DEFAULTS.dtype)
 
 
-def config_from_args(args, **changes) -> SimulationConfig:
-    """The `SimulationConfig` the problem flags name (a `ValueError` names a bad value), with `changes` on top."""
-    return SimulationConfig(**{**{name: getattr(args, name) for name in CONFIG_FIELDS}, **changes})
+def config_from_args(args) -> SimulationConfig:
+    """The `SimulationConfig` the problem flags name (a `ValueError` names a bad value)."""
+    return SimulationConfig(**{name: getattr(args, name) for name in CONFIG_FIELDS})
 
 
-def out_path(args, name: str) -> Path:
-    """--out, or runs/<name>-<date>-<time>; refused if it exists and is not a folder."""
-    out = args.out or Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S")
+def claim_folder(out: Path, marker: str | None = None, overwrite: bool = False) -> Path:
+    """`out`, refused if it exists and is not a folder, or holds `marker` (a finished result) without --overwrite."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
+    if marker is not None and (out / marker).exists() and not overwrite:
+        raise UsageError(f"{out} already holds a result; choose another --out or pass --overwrite")
     return out
 
 
-def use_float64(config: SimulationConfig) -> None:
+def out_path(args, name: str) -> Path:
+    """--out, or runs/<name>-<date>-<time> (`claim_folder` without a marker)."""
+    return claim_folder(args.out or Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S"))
+
+
+def use_float64(dtype: str) -> None:
     """The command opts into float64 when the run asks for it (the library never does)."""
-    if config.state_dtype == "float64":
+    if dtype == "float64":
         import jax
 
         jax.config.update("jax_enable_x64", True)
 
 
-def output_folder(args, command: str, marker: str, config: SimulationConfig) -> Path:
+def output_folder(args, command: str, marker: str, dtype: str) -> Path:
     """The folder to write (`out_path`), refusing to overwrite a finished one;
-    then opt into float64 if asked."""
-    out = out_path(args, command)
-    if (out / marker).exists() and not args.overwrite:
-        raise UsageError(f"{out} already holds a result; choose another --out or pass --overwrite")
-    use_float64(config)
+    then opt into float64 if `dtype` asks for it."""
+    out = claim_folder(out_path(args, command), marker, args.overwrite)
+    use_float64(dtype)
     return out
 
 
@@ -143,7 +147,7 @@ def start_processes(args, config) -> None:
     from ..hosts import initialize
 
     initialize(args.coordinator, args.num_processes, args.process_id)
-    use_float64(config)
+    use_float64(config.state_dtype)
 
 
 def add_scale_flags(p: argparse.ArgumentParser) -> None:

@@ -63,7 +63,7 @@ def run(args) -> int:
                 raise ValueError(f"--{name} must be in (0, 1); got {value}")
     except ValueError as err:
         raise UsageError(str(err)) from None
-    out = output_folder(args, "compare", "compare.md", config)
+    out = output_folder(args, "compare", "compare.md", config.state_dtype)
     from ..compare import compare, format_distributions, format_table, headline, write_compare
 
     print(f"jaxmoe compare: d = {config.d}, m = {config.m}, m* = {config.m_star}, {config.seeds} seeds, "

@@ -6,8 +6,6 @@ import argparse
 import math
 from pathlib import Path
 
-import jax
-
 from ..prune import (
     DEFAULT_ATOL,
     DEFAULT_FLOOR,
@@ -21,7 +19,7 @@ from ..prune import (
     save_prune,
 )
 from ..results import load
-from ._flags import UsageError
+from ._flags import UsageError, claim_folder, use_float64
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -52,7 +50,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _check(args) -> Path:
-    """The output folder, once every flag is valid (`ValueError` otherwise)."""
+    """The output folder, once every flag is valid (`ValueError`, or `UsageError` for the folder, otherwise)."""
     check_rule(args.rule, args.threshold)
     for name in ("t_max", "rtol", "atol", "floor"):
         value = getattr(args, name)
@@ -62,13 +60,9 @@ def _check(args) -> Path:
         raise ValueError(f"--num-times must be at least 2; got {args.num_times}")
     run_folder = Path(args.run_folder)
     out = Path(args.out) if args.out is not None else run_folder / "prune"
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
     if out.resolve() == run_folder.resolve():
         raise ValueError("--out must differ from RUN_FOLDER: the run being pruned is not overwritten")
-    if (out / "result.npz").exists() and not args.overwrite:
-        raise ValueError(f"{out} already holds a result; choose another --out or pass --overwrite")
-    return out
+    return claim_folder(out, "result.npz", args.overwrite)
 
 
 def run(args) -> int:
@@ -85,7 +79,7 @@ def run(args) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
     run_folder = Path(args.run_folder)
-    jax.config.update("jax_enable_x64", True)  # the command opts into float64, as jaxmoe simulate does
+    use_float64("float64")  # fine-tuning near the teacher needs float64: L reaches 1e-12
     config = result.config
     print(
         f"jaxmoe prune: {run_folder} (d = {config.d}, m = {config.m} → m* = {config.m_star}, {result.num_seeds} seeds), "

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
-import jax
-
 from ..rates import OPTIMIZERS, SETTINGS, RatesConfig, format_table, rates, write_rates
-from ._flags import UsageError
+from ._flags import UsageError, output_folder
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -74,15 +71,9 @@ def run(args) -> int:
     """
     try:
         config = _config_from_args(args)
-        out = args.out or Path("runs") / time.strftime("rates-%Y%m%d-%H%M%S")
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {out} exists and is not a folder")
-        if (out / "rates.md").exists() and not args.overwrite:
-            raise ValueError(f"{out} already holds a result; choose another --out or pass --overwrite")
     except ValueError as err:
         raise UsageError(str(err)) from None
-    if config.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)  # the command opts in, as jaxmoe simulate does
+    out = output_folder(args, "rates", "rates.md", config.dtype)
     print(f"jaxmoe rates: {len(config.settings)} settings, n in {list(config.ns)}, {config.replicates} replicates, "
           f"{config.restarts} restarts, {config.optimizer}, D = {config.dim}, noise {config.noise:g}", flush=True)
     result = rates(config, log=lambda text: print(text, flush=True))

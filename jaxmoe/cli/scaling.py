@@ -47,7 +47,7 @@ def run(args) -> int:
             config.replace(t_max=args.horizon)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    out = output_folder(args, "scaling", "scaling.md", config)
+    out = output_folder(args, "scaling", "scaling.md", config.state_dtype)
     from ..scaling import format_delays, format_fits, scaling, write_scaling
 
     print(f"jaxmoe scaling: m = {config.m}, m* = {config.m_star}, {config.seeds} seeds per d, d in {dims}, "
