@@ -10,7 +10,7 @@ from pathlib import Path
 
 import jax
 
-from jaxmoe.results import write_atomic
+from jaxmoe.files import write_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -4,6 +4,7 @@ The student–teacher setting of "Guided by the Experts: Provable Feature
 Learning Dynamic of Soft-Routed Mixture-of-Experts" (arXiv 2510.07205).
 """
 
+from .base import Model
 from .hermite import (
     ACTIVATIONS,
     EXPERTS,
@@ -50,6 +51,7 @@ __all__ = [
     "init_student",
     "init_teacher",
     "orthogonalise_router",
+    "Model",
     "MoE",
     "forward",
     "unit",

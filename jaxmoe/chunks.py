@@ -19,7 +19,6 @@ process p runs chunks p, p + P, p + 2P, …; after a barrier process 0 merges.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -28,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from .config import SimulationConfig
-from .results import Result, load, save, write_atomic
+from .files import read_header, write_header
+from .results import FORMAT, VERSION, Result, load, save
 
 __all__ = ["FolderConflict", "chunk_ranges", "concatenate", "config_difference", "finished", "run_chunked"]
 
@@ -107,9 +107,8 @@ def config_difference(old: dict, new: dict) -> str:
 
 def _header_config(folder: Path) -> dict | None:
     try:
-        header = json.loads((folder / "config.json").read_text())
-        return header.get("config") if isinstance(header, dict) else None
-    except (OSError, ValueError):
+        return read_header(folder / "config.json", FORMAT, VERSION).get("config")
+    except ValueError:
         return None
 
 
@@ -143,17 +142,15 @@ def finished(folder: str | Path, config: SimulationConfig) -> bool:
 def _check_manifest(folder: Path, config: SimulationConfig, chunk: int) -> None:
     """Write the chunk manifest, or refuse a folder made for another run."""
     path = folder / "manifest.json"
-    wanted = {"format": MANIFEST, "version": 1, "chunk": chunk, "config": config.to_dict()}
+    wanted = {"chunk": chunk, "config": config.to_dict()}
     if not path.is_file():
         # Every process may get here at once; each writes the same bytes atomically.
-        write_atomic(path, (json.dumps(wanted, indent=2, sort_keys=True) + "\n").encode())
+        write_header(path, MANIFEST, 1, **wanted)
         return
     try:
-        found = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise FolderConflict(f"{path} is not a readable chunk manifest; remove {folder} or overwrite") from None
-    if not isinstance(found, dict) or found.get("format") != MANIFEST:
-        raise FolderConflict(f"{path} is not a jaxmoe chunk manifest")
+        found = read_header(path, MANIFEST, 1)
+    except ValueError as err:
+        raise FolderConflict(f"{err}; remove {folder} or overwrite it") from None
     if found.get("config") != wanted["config"]:
         raise FolderConflict(
             f"{folder.parent} holds unfinished chunks of another configuration "

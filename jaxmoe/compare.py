@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import math
 import os
 import time
@@ -39,8 +38,9 @@ from .agreement import (
     recovery_distributions,
 )
 from .config import SimulationConfig
+from .files import write_atomic, write_header
 from .init import init_problem, project_to_span
-from .results import Result, save, write_atomic
+from .results import Result, save
 from .simulation import simulate
 
 __all__ = [
@@ -396,8 +396,7 @@ def write_compare(rows, results, folder: str | os.PathLike) -> list[Path]:
     table = format_table(rows) + "\n\n" + format_distributions(rows) + "\n\n" + headline(rows) + "\n"
     write_atomic(folder / "compare.md", table.encode())
     write_atomic(folder / "compare.csv", _csv(rows).encode())
-    header = {"format": "jaxmoe.compare", "version": 1, "config": results["flow"].config.to_dict(),
-              "settings": [[r.learning_rate, r.batch_size] for r in rows[1:]], "retract": rows[-1].retract}
-    write_atomic(folder / "config.json", (json.dumps(header, indent=2) + "\n").encode())
+    write_header(folder / "config.json", "jaxmoe.compare", 1, config=results["flow"].config.to_dict(),
+                 settings=[[r.learning_rate, r.batch_size] for r in rows[1:]], retract=rows[-1].retract)
     write_png(plot_overlay(results), folder / "overlay.png")
     return [folder / "compare.md", folder / "compare.csv", folder / "overlay.png"]

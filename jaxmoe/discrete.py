@@ -37,7 +37,7 @@ import optax
 from .config import SimulationConfig
 from .devices import blocks_per_device, in_blocks, num_devices, seed_block, shard_index, shard_seeds
 from .init import seed_key
-from .models import Model, model_forward, model_loss
+from .models import Model, model_loss
 from .observables import observe
 from .progress import step_bar
 
@@ -141,7 +141,7 @@ def retract(model: Model, norms: dict[str, jax.Array]) -> Model:
 
 
 def _empirical_loss(student: Model, teacher: Model, x, t=None) -> jax.Array:
-    return 0.5 * jnp.mean((model_forward(student, x, t) - model_forward(teacher, x, t)) ** 2)
+    return 0.5 * jnp.mean((student.forward(x, t) - teacher.forward(x, t)) ** 2)
 
 
 class _Spec(NamedTuple):

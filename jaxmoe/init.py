@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import functools
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .base import Model, unit
 from .config import ROTATION_EQUIVARIANT
 from .families import (
     Mixture,
@@ -22,11 +22,12 @@ from .families import (
     check_size,
     init_mixture_student,
     init_mixture_teacher,
+    is_classic,
     mixture_from_rows,
     num_vectors,
 )
 from .hermite import Activation, HermiteExpert
-from .model import MoE, unit
+from .model import MoE
 
 __all__ = [
     "init_teacher",
@@ -41,6 +42,7 @@ __all__ = [
     "gaussian_rows_reduced",
     "init_mixture_reduced",
     "project_to_span",
+    "draw_problem",
 ]
 
 
@@ -357,69 +359,82 @@ def init_problem(config, seed_index) -> tuple[MoE, MoE]:
         teacher, student = jaxmoe.init.init_problem(config, np.arange(3))
         student.router.shape       # (3, 4, 12): reduced coordinates
     """
-    if not config.classic:
-        draw = _compiled_draw_mixture(
-            config.m, config.m_star, config.d, *config.families(), config.teacher, config.base_seed, uses_reduced(config)
-        )
-        return draw(jnp.asarray(seed_index))
+    gate, expert, teacher_gate, teacher_expert = config.families()
     draw = _compiled_draw(
-        config.m, config.m_star, config.d, config.gate, config.expert, config.teacher, config.base_seed,
-        uses_reduced(config),
+        config.m, config.m_star, config.d, gate, expert, teacher_gate, teacher_expert, config.teacher,
+        config.base_seed, uses_reduced(config), config.classic,
     )
     return draw(jnp.asarray(seed_index))
 
 
+def draw_problem(
+    m: int, m_star: int, d: int, gate, expert, teacher_gate, teacher_expert, *, key: PRNGKeyArray,
+    teacher_frame: str = "axis", reduced: bool = False, classic: bool | None = None,
+) -> tuple[MoE | Mixture, MoE | Mixture]:
+    """One seed's teacher and initial student, for any families: the one draw path of `init_problem`.
+
+    The paper's families (`classic`, default: decided from the families)
+    draw `jaxmoe.MoE` models by `init_reduced` or `init_teacher` and
+    `init_student`; every other family draws `jaxmoe.families.Mixture`
+    models by `init_mixture_reduced` or `init_mixture_teacher` and
+    `init_mixture_student`. In d dimensions the key is split into the
+    teacher's and the student's; the teacher's frame is Haar-random for
+    ``teacher_frame="random"``, else the first axes.
+
+    **Returns:** ``(teacher, student)``, arrays ``(m*, D)`` and ``(m, D)``.
+    """
+    if classic is None:
+        classic = is_classic(gate, expert) and str(teacher_gate) == str(gate) and str(teacher_expert) == str(expert)
+    if classic:
+        gate, expert = str(gate), str(expert)
+    if reduced:
+        if classic:
+            return init_reduced(m, m_star, d, key=key, gate=gate, expert_fn=expert)
+        return init_mixture_reduced(m, m_star, d, gate, expert, key=key, teacher_gate=teacher_gate, teacher_expert=teacher_expert)
+    key_teacher, key_student = jax.random.split(key)
+    key_teacher = key_teacher if teacher_frame == "random" else None
+    if classic:
+        teacher = init_teacher(m_star, d, key=key_teacher, gate=gate, expert_fn=expert)
+        return teacher, init_student(m, d, key=key_student, gate=gate, expert_fn=expert)
+    teacher = init_mixture_teacher(m_star, d, teacher_gate, teacher_expert, key=key_teacher)
+    return teacher, init_mixture_student(m, d, gate, expert, key=key_student)
+
+
 @functools.lru_cache(maxsize=64)
-def _compiled_draw(m, m_star, d, gate, expert, teacher_frame, base_seed, reduced):
-    """The jitted, seed-vmapped draw; cached so that repeated runs do not recompile it."""
+def _compiled_draw(m, m_star, d, gate, expert, teacher_gate, teacher_expert, teacher_frame, base_seed, reduced, classic):
+    """The jitted, seed-vmapped `draw_problem`; cached so that repeated runs do not recompile it."""
 
     def one(index):
-        if reduced:
-            return init_reduced(m, m_star, d, key=seed_key(base_seed, index), gate=gate, expert_fn=expert)
-        key_teacher, key_student = jax.random.split(seed_key(base_seed, index))
-        teacher = init_teacher(
-            m_star, d, key=key_teacher if teacher_frame == "random" else None, gate=gate, expert_fn=expert
+        return draw_problem(
+            m, m_star, d, gate, expert, teacher_gate, teacher_expert, key=seed_key(base_seed, index),
+            teacher_frame=teacher_frame, reduced=reduced, classic=classic,
         )
-        student = init_student(m, d, key=key_student, gate=gate, expert_fn=expert)
-        return teacher, student
 
     return jax.jit(jax.vmap(one))
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled_draw_mixture(m, m_star, d, gate, expert, teacher_gate, teacher_expert, teacher_frame, base_seed, reduced):
-    """As `_compiled_draw`, for `jaxmoe.families.Mixture` models (every other gate and expert family)."""
-
-    def one(index):
-        key = seed_key(base_seed, index)
-        if reduced:
-            return init_mixture_reduced(
-                m, m_star, d, gate, expert, key=key, teacher_gate=teacher_gate, teacher_expert=teacher_expert
-            )
-        key_teacher, key_student = jax.random.split(key)
-        teacher = init_mixture_teacher(
-            m_star, d, teacher_gate, teacher_expert, key=key_teacher if teacher_frame == "random" else None
-        )
-        return teacher, init_mixture_student(m, d, gate, expert, key=key_student)
-
-    return jax.jit(jax.vmap(one))
-
-
-def project_to_span(teacher: MoE, student: MoE) -> tuple[MoE, MoE]:
+def project_to_span(teacher: Model, student: Model, *, extra: bool = False) -> tuple[Model, Model]:
     """Coordinates of teacher and student in an orthonormal basis of their span.
 
     The population loss and its gradient flow depend only on inner products,
     so the flow of these coordinates is *pathwise* the flow of the original
     vectors: same losses, same alignments, at a cost set by the span's
-    dimension 2(m + m*) instead of d. Batched over a leading seed axis when
-    the arrays have one.
+    dimension (2(m + m*) for the paper's model) instead of d. Batched over a
+    leading seed axis when the arrays have one. Every family: the vectors
+    are those of `Model.vectors` (routers, group routers, expert rows); the
+    scalars per expert (biases, mlp output weights) do not rotate.
 
-    The basis is the Q factor of the QR decomposition of the d × 2(m + m*)
-    matrix of all vectors (teacher routers, experts, then student's) (docs/model.md §3).
+    The basis is the Q factor of the QR decomposition of the d × k matrix of
+    all vectors (the teacher's, then the student's) (docs/model.md §3).
 
-    **Arguments:** `teacher` ``([S,] m*, d)``, `student` ``([S,] m, d)``.
+    **Arguments:** `teacher` ``([S,] m*, d)``, `student` ``([S,] m, d)``;
+    `extra`: one more basis direction orthogonal to the span (when d leaves
+    room for it: d > k), so that the curvature of directions outside the
+    span is also seen (`jaxmoe.prune.hessian_spectrum`): the coordinate axis
+    least covered by Q, orthogonalised.
 
-    **Returns:** ``(teacher, student)`` with last dimension ``min(d, 2(m + m*))``.
+    **Returns:** ``(teacher, student)`` with last dimension ``min(d, k)``
+    (``k + 1`` with `extra`).
 
     Example::
 
@@ -429,53 +444,20 @@ def project_to_span(teacher: MoE, student: MoE) -> tuple[MoE, MoE]:
         t, s = jaxmoe.init.project_to_span(teacher, student)     # arrays (2, 12), (4, 12)
         jaxmoe.population_loss(s, t) - jaxmoe.population_loss(student, teacher)   # ≈ 0
     """
-    def one(t_router, t_expert, s_router, s_expert):
-        vectors = jnp.concatenate([t_router, t_expert, s_router, s_expert])  # (2(m*+m), d)
-        q, _ = jnp.linalg.qr(vectors.T)  # (d, k): orthonormal basis of the span
-        coords = vectors @ q
-        m_star = t_router.shape[0]
-        m = s_router.shape[0]
-        return coords[:m_star], coords[m_star:2 * m_star], coords[2 * m_star:2 * m_star + m], coords[2 * m_star + m:]
-
-    if isinstance(teacher, Mixture) or isinstance(student, Mixture):
-        return _project_mixtures(teacher, student)
-    fn = jax.vmap(one) if student.router.ndim == 3 else one
-    tr, te, sr, se = jax.jit(fn)(teacher.router, teacher.expert, student.router, student.expert)
-    return MoE(tr, te, teacher.gate, teacher.expert_fn), MoE(sr, se, student.gate, student.expert_fn)
-
-
-# The arrays of a Mixture that hold vectors in R^D (the rest, biases and mlp
-# output weights, are scalars per expert and do not rotate).
-_VECTOR_FIELDS = ("router", "group_router", "expert")
-
-
-def _project_mixtures(teacher: Mixture, student: Mixture) -> tuple[Mixture, Mixture]:
-    """`project_to_span` for `jaxmoe.families.Mixture` models: every vector
-    (routers, group routers, expert rows) in an orthonormal basis of their span."""
-
-    def rows(model):
-        parts = [getattr(model, f) for f in _VECTOR_FIELDS if getattr(model, f) is not None]
-        return [p.reshape(p.shape[:-3] + (-1, p.shape[-1])) if p.ndim == model.router.ndim + 1 else p for p in parts]
 
     def one(t_rows, s_rows):
-        vectors = jnp.concatenate(t_rows + s_rows, axis=0)
-        q, _ = jnp.linalg.qr(vectors.T)
+        vectors = jnp.concatenate(t_rows + s_rows, axis=0)  # (k, d)
+        # A = Q R with R (k × k): the span of the vectors lies in that of Q's
+        # columns even when the vectors are linearly dependent (student = teacher).
+        q, _ = jnp.linalg.qr(vectors.T)  # (d, k)
+        n, dim = vectors.shape
+        if extra and dim > n:
+            # The residual of the least covered axis is at least 1 − n/d > 0.
+            axis = jnp.argmin(jnp.sum(q * q, axis=1))
+            direction = jnp.zeros(dim, q.dtype).at[axis].set(1.0) - q @ q[axis]
+            q = jnp.concatenate([q, (direction / jnp.linalg.norm(direction))[:, None]], axis=1)
         return [r @ q for r in t_rows], [r @ q for r in s_rows]
 
-    batched = student.router.ndim == 3
-    fn = jax.vmap(one) if batched else one
-    t_rows, s_rows = jax.jit(fn)(rows(teacher), rows(student))
-
-    def rebuild(model, projected):
-        changes, k = {}, 0
-        for f in _VECTOR_FIELDS:
-            value = getattr(model, f)
-            if value is None:
-                continue
-            changes[f] = projected[k].reshape(value.shape[:-1] + (projected[k].shape[-1],))
-            k += 1
-        return eqx.tree_at(
-            lambda mdl: [getattr(mdl, f) for f in changes], model, [changes[f] for f in changes]
-        )
-
-    return rebuild(teacher, t_rows), rebuild(student, s_rows)
+    fn = jax.vmap(one) if student.router.ndim == 3 else one
+    t_rows, s_rows = jax.jit(fn)(teacher.vectors(), student.vectors())
+    return teacher.with_vectors(t_rows), student.with_vectors(s_rows)

@@ -10,15 +10,15 @@ model depends on each router and expert vector only through its direction.
 from __future__ import annotations
 
 import equinox as eqx
-import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .base import Model, unit
 from .hermite import Activation, HermiteExpert, get_activation, get_expert
 
 __all__ = ["MoE", "forward", "unit"]
 
 
-class MoE(eqx.Module):
+class MoE(Model):
     """A mixture of experts: one router vector and one expert vector per expert.
 
     It computes ``f(θ, x) = Σ_i σ(v̄_i·x) P(w̄_i·x)`` (`forward`), the soft-routed
@@ -58,27 +58,27 @@ class MoE(eqx.Module):
                 f"router and expert must both have shape (m, d); got {shape_r} and {shape_e}"
             )
 
-    @property
-    def num_experts(self) -> int:
-        """m, the number of experts (the axis before the last)."""
-        return self.router.shape[-2]
+    def gate_weights(self, x: Float[Array, "n d"], t=None) -> Float[Array, "n m"]:
+        """``σ(v̄_i·x)`` for each input and expert (`t` is unused: the gate has no schedule)."""
+        return self.gate(x @ unit(self.router).T)
+
+    def expert_values(self, x: Float[Array, "n d"]) -> Float[Array, "n m"]:
+        """``P(w̄_i·x)`` for each input and expert."""
+        return self.expert_fn(x @ unit(self.expert).T)
 
     @property
-    def dim(self) -> int:
-        """The dimension of the vectors: d, or the reduced 2(m + m*)."""
-        return self.router.shape[-1]
+    def degree(self) -> int:
+        """The degree k of the expert polynomial He_k."""
+        return self.expert_fn.degree
 
+    @property
+    def families(self) -> tuple[str, str]:
+        """``(gate name, expert name)``, e.g. ``("sigmoid", "he3")``."""
+        return self.gate.name, self.expert_fn.name
 
-def unit(v: Float[Array, "... d"]) -> Float[Array, "... d"]:
-    """Rows scaled to unit Euclidean norm: ``v̄ = v/‖v‖`` along the last axis.
-
-    **Arguments:** `v` of shape ``(..., d)``. **Returns:** the same shape.
-
-    Example::
-
-        jaxmoe.unit(jnp.array([[3.0, 4.0], [0.0, 2.0]]))   # [[0.6, 0.8], [0.0, 1.0]]
-    """
-    return v / jnp.linalg.norm(v, axis=-1, keepdims=True)
+    def arrays(self) -> dict[str, Array]:
+        """``{"router": …, "expert": …}``: what a result stores."""
+        return {"router": self.router, "expert": self.expert}
 
 
 def forward(model: MoE, x: Float[Array, "n d"]) -> Float[Array, " n"]:
@@ -97,8 +97,4 @@ def forward(model: MoE, x: Float[Array, "n d"]) -> Float[Array, " n"]:
         x = jax.random.normal(jax.random.PRNGKey(1), (8, teacher.dim))
         jaxmoe.forward(teacher, x).shape      # (8,)
     """
-    if x.ndim != 2 or x.shape[-1] != model.dim:
-        raise ValueError(f"x must have shape (n, {model.dim}); got {x.shape}")
-    gate = model.gate(x @ unit(model.router).T)  # (n, m)
-    value = model.expert_fn(x @ unit(model.expert).T)  # (n, m)
-    return jnp.sum(gate * value, axis=-1)
+    return model.forward(x)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .results import Result, write_atomic
+from .files import write_atomic
+from .results import Result
 from .routing import routing_diagnostics
 
 __all__ = ["colors", "figure", "plot_alignments", "plot_loss", "plot_routing", "pyplot", "save_figures", "write_png"]

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
+from .base import check_pair
 from .hermite import HermiteExpert, gauss_hermite_rule, mehler_chebyshev
 from .model import MoE, forward, unit
 
@@ -182,21 +183,6 @@ def _assemble(kernel, student: MoE, teacher: MoE) -> Scalar:
     )
 
 
-def _check_pair(student: MoE, teacher: MoE) -> None:
-    if not isinstance(student, MoE) or not isinstance(teacher, MoE):
-        raise TypeError("student and teacher must be jaxmoe.MoE instances")
-    if student.router.ndim != 2 or teacher.router.ndim != 2:
-        raise ValueError(
-            "population_loss takes one student and one teacher with arrays of shape "
-            "(m, d); use jax.vmap for batches of seeds"
-        )
-    if student.dim != teacher.dim:
-        raise ValueError(
-            f"student and teacher must live in the same dimension; got d = {student.dim} "
-            f"and d = {teacher.dim}"
-        )
-
-
 def population_loss(student: MoE, teacher: MoE) -> Scalar:
     """The exact population loss ``L = ½ E[(f_student(x) − f_teacher(x))²]``, x ~ N(0, I_d).
 
@@ -219,7 +205,7 @@ def population_loss(student: MoE, teacher: MoE) -> Scalar:
         loss, grad = jax.value_and_grad(jaxmoe.population_loss)(student, teacher)
         grad.router.shape, grad.expert.shape     # ((6, 20), (6, 20))
     """
-    _check_pair(student, teacher)
+    check_pair(student, teacher, MoE)
     if student.gate == teacher.gate and student.expert_fn == teacher.expert_fn:
         # One symmetric block over student and teacher together, signs ±1.
         both = MoE(
@@ -302,7 +288,7 @@ def population_loss_reference(student: MoE, teacher: MoE, nodes: int = 64) -> Sc
         student = jaxmoe.init_student(3, 10, key=k2)
         jaxmoe.population_loss_reference(student, teacher) - jaxmoe.population_loss(student, teacher)   # ≈ 0
     """
-    _check_pair(student, teacher)
+    check_pair(student, teacher, MoE)
     return _assemble(functools.partial(expert_kernel_reference, nodes=nodes), student, teacher)
 
 
@@ -342,7 +328,7 @@ def population_loss_monte_carlo(
         mean, se = jaxmoe.population_loss_monte_carlo(student, teacher, key=k3, num_samples=100_000)
         (mean - jaxmoe.population_loss(student, teacher)) / se    # of order 1
     """
-    _check_pair(student, teacher)
+    check_pair(student, teacher, MoE)
     if num_samples < 2 or batch_size < 1:
         raise ValueError("num_samples must be at least 2 and batch_size at least 1")
     num_batches = -(-num_samples // batch_size)

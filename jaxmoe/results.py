@@ -16,9 +16,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .config import SimulationConfig
+from .files import read_header, write_atomic, write_header
 from .observables import best_match
 
 __all__ = ["Result", "STATUS_NAMES", "save", "load", "format_summary", "summary_csv", "write_summaries", "write_atomic"]
@@ -207,33 +206,6 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("sid,sjd->sij", a, b)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that `path` is either absent, old, or complete.
-
-    The bytes go to a temporary file in the same folder, are flushed to disk
-    (`os.fsync`) and moved over `path` with `os.replace`, which is atomic on
-    POSIX file systems; on any error the temporary file is removed.
-
-    **Arguments:** `path` (its folder must exist), `data` bytes.
-
-    Example::
-
-        jaxmoe.results.write_atomic("note.txt", "hello".encode())
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save(result: Result, folder: str | os.PathLike) -> Path:
     """Write ``config.json`` and ``result.npz`` into `folder` (created if needed).
 
@@ -249,8 +221,7 @@ def save(result: Result, folder: str | os.PathLike) -> Path:
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    header = {"format": FORMAT, "version": VERSION, "config": result.config.to_dict(), "run": result.run}
-    write_atomic(folder / "config.json", (json.dumps(header, indent=2, sort_keys=True) + "\n").encode())
+    write_header(folder / "config.json", FORMAT, VERSION, config=result.config.to_dict(), run=result.run)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **result.arrays())
     write_atomic(folder / "result.npz", buffer.getvalue())
@@ -277,14 +248,7 @@ def load(folder: str | os.PathLike) -> Result:
     config_path, npz_path = folder / "config.json", folder / "result.npz"
     if not config_path.is_file() or not npz_path.is_file():
         raise ValueError(f"{folder} is not a jaxmoe result folder (needs config.json and result.npz)")
-    try:
-        header = json.loads(config_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{config_path} is not valid JSON: {err}") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ValueError(f"{config_path} is not a jaxmoe result header (format {FORMAT!r} expected)")
-    if header.get("version") != VERSION:
-        raise ValueError(f"{config_path} has version {header.get('version')!r}; this jaxmoe reads version {VERSION}")
+    header = read_header(config_path, FORMAT, VERSION)
     config = SimulationConfig.from_dict(header.get("config"))
     try:
         with np.load(npz_path, allow_pickle=False) as data:

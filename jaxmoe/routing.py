@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from .families import expert_values, gate_weights, mixture_forward
+from .families import as_mixture
 
 __all__ = [
     "ROUTING_OBSERVABLES",
@@ -82,7 +82,6 @@ def routing_observables(student, teacher, t=None, *, nodes: int = ROUTING_NODES)
         obs = R.routing_observables(student, teacher)
         obs["load"].sum()      # 1 for a softmax gate
     """
-    from .models import as_mixture
     from .quadrature import expert_vectors, gate_vectors, gaussian_nodes, rule_degree
 
     student, teacher = as_mixture(student), as_mixture(teacher)
@@ -107,8 +106,8 @@ def routing_observables(student, teacher, t=None, *, nodes: int = ROUTING_NODES)
         q = orthonormal_frame(frame.T)
         x = jnp.asarray(z, frame.dtype) @ q.T
     w = jnp.asarray(w / w.sum(), frame.dtype)  # exact normalisation: a uniform gate gets load 1/m exactly
-    g = gate_weights(student, x, t)  # (N, m)
-    err = (expert_values(student, x) - mixture_forward(teacher, x, t)[:, None]) ** 2
+    g = student.gate_weights(x, t)  # (N, m)
+    err = (student.expert_values(x) - teacher.forward(x, t)[:, None]) ** 2
     load = w @ g
     quality = -(w @ (g * err)) / jnp.maximum(load, _TINY)
     return {"load": load, "quality": quality}

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from .config import SimulationConfig
+from .files import write_atomic, write_header
 from .observables import first_crossing, recovery
-from .results import Result, save, write_atomic
+from .results import Result, save
 from .simulation import simulate
 
 __all__ = [
@@ -359,7 +359,6 @@ def write_scaling(fits, results, folder: str | os.PathLike, epsilon: float, conf
     write_atomic(folder / "fit.csv", fit_csv.encode())
     report = "## Recovery time against d\n\n" + format_fits(fits) + "\n\n## Guided by the experts\n\n" + format_delays(results, epsilon) + "\n"
     write_atomic(folder / "scaling.md", report.encode())
-    header = {"format": "jaxmoe.scaling", "version": 1, "config": config.to_dict(), "dims": list(results), "epsilon": epsilon}
-    write_atomic(folder / "config.json", (json.dumps(header, indent=2) + "\n").encode())
+    write_header(folder / "config.json", "jaxmoe.scaling", 1, config=config.to_dict(), dims=list(results), epsilon=epsilon)
     write_png(plot_scaling(fits, results, epsilon), folder / "scaling.png")
     return [folder / n for n in ("scaling.md", "scaling.csv", "fit.csv", "scaling.png")]

@@ -24,24 +24,18 @@ from .devices import num_devices
 from .families import Mixture
 from .init import init_problem, uses_reduced
 from .model import MoE
-from .models import Model, model_arrays
+from .models import Model
 from .results import Result
 
 __all__ = ["simulate"]
 
 
 def _num_seeds(initial) -> int:
-    if not (isinstance(initial, tuple) and len(initial) == 2 and all(isinstance(x, (MoE, Mixture)) for x in initial)):
+    if not (isinstance(initial, tuple) and len(initial) == 2 and all(isinstance(x, Model) for x in initial)):
         raise TypeError("initial must be a tuple (teacher, student) of jaxmoe.MoE or jaxmoe.families.Mixture")
     if initial[1].router.ndim != 3:
         raise ValueError("initial models need a leading seed axis: shapes (S, m*, D) and (S, m, D)")
     return initial[1].router.shape[0]
-
-
-def _families(model: Model) -> tuple[str, str]:
-    if isinstance(model, MoE):
-        return model.gate.name, model.expert_fn.name
-    return str(model.gate), str(model.expert_fn)
 
 
 def _check_initial(initial, config: SimulationConfig, num_seeds: int) -> tuple[Model, Model]:
@@ -54,9 +48,9 @@ def _check_initial(initial, config: SimulationConfig, num_seeds: int) -> tuple[M
     for name, model in (("teacher", teacher), ("student", student)):
         if model.router.shape != expected[name]:
             raise ValueError(f"initial {name} must have shape {expected[name]}; got {model.router.shape}")
-        if _families(model) != wanted[name]:
+        if model.families != wanted[name]:
             raise ValueError(
-                f"initial {name} uses gate {_families(model)[0]!r} and expert {_families(model)[1]!r}; "
+                f"initial {name} uses gate {model.families[0]!r} and expert {model.families[1]!r}; "
                 f"the configuration says {wanted[name][0]!r} and {wanted[name][1]!r}"
             )
         if not isinstance(model, kind):
@@ -147,7 +141,7 @@ def simulate(
     saved = out["saved"]
     extra = {}
     for who, model, suffix in (("student", student, "0"), ("teacher", teacher, ""), ("student", out["student"], "")):
-        for name, value in model_arrays(model).items():
+        for name, value in model.arrays().items():
             if name not in ("router", "expert"):
                 extra[f"{who}_{name}{suffix}"] = np.asarray(value)
     for name in ("load", "quality"):

@@ -38,7 +38,8 @@ import numpy as np
 
 from .chunks import FolderConflict, run_chunked
 from .config import SimulationConfig
-from .results import Result, write_atomic, write_summaries
+from .files import write_atomic
+from .results import Result, write_summaries
 
 __all__ = ["Point", "read_grid", "grid_points", "sweep", "index_row", "format_index"]
 

@@ -94,6 +94,43 @@ def test_the_cycle_finder_finds_a_cycle():
     assert _cycles(graph) == [["a", "b", "c"]]
 
 
+# The data's order (README "Architecture"): a module imports only from its
+# own layer or those before it. Every top-level module or subpackage is
+# placed; a new one must be.
+LAYERS = [
+    ("tools", {"files", "stats"}),
+    ("models", {"base", "hermite", "model", "families"}),
+    ("configuration", {"config"}),
+    ("initialisation", {"init"}),
+    ("loss", {"population", "pairkernel", "quadrature", "models", "voronoi"}),
+    ("observables", {"observables", "routing"}),
+    ("dynamics", {"devices", "progress", "solvers", "pool", "flow", "discrete"}),
+    # `simulate` returns a `Result`, so the container comes before the
+    # function that fills it.
+    ("results", {"results"}),
+    ("simulation", {"simulation"}),
+    ("runs and plots", {"chunks", "sweep", "hosts", "plot"}),
+    ("experiments", {"agreement", "compare", "scaling", "prune", "rates"}),
+    ("command line", {"cli", "__main__"}),
+]
+
+
+def _unit(module: str) -> str:
+    return module.split(".")[1]
+
+
+def test_imports_follow_the_data():
+    layer = {unit: k for k, (_, units) in enumerate(LAYERS) for unit in units}
+    units = {_unit(name) for name in MODULES if name != "jaxmoe"}
+    assert units == set(layer), f"modules not placed in LAYERS: {sorted(units - set(layer))}; gone: {sorted(set(layer) - units)}"
+    upward = [
+        f"{name} ({LAYERS[layer[_unit(name)]][0]}) imports {target} ({LAYERS[layer[_unit(target)]][0]})"
+        for name, targets in _graph().items() if name != "jaxmoe"
+        for target in targets if layer[_unit(target)] > layer[_unit(name)]
+    ]
+    assert not upward, "imports against the data's order:\n" + "\n".join(upward)
+
+
 def test_no_private_name_crosses_a_module():
     crossing = [
         f"{name} imports {imported} from {target}"

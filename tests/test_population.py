@@ -432,7 +432,7 @@ def test_vmap_over_seeds_matches_loop():
 
 def test_population_loss_rejects_batched_or_mismatched_inputs():
     student, teacher = _random_pair(99)
-    with pytest.raises(ValueError, match="same dimension"):
+    with pytest.raises(ValueError, match="share the dimension"):
         jaxmoe.population_loss(student, jaxmoe.init_teacher(M_STAR, D + 2))
     batched = MoE(student.router[None], student.expert[None])
     with pytest.raises(ValueError, match="vmap"):

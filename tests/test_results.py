@@ -8,7 +8,7 @@ import pytest
 
 import jaxmoe
 from jaxmoe import SimulationConfig
-from jaxmoe.results import write_atomic
+from jaxmoe.files import write_atomic
 
 CONFIG = SimulationConfig(d=10, m=3, m_star=2, seeds=2, t_max=2.0, num_times=4)
 

@@ -38,7 +38,7 @@ of v and τ would be two names for one thing):
 from __future__ import annotations
 
 from ._draws import check_size, init_mixture_student, init_mixture_teacher, is_classic, mixture_from_rows, num_vectors
-from ._mixture import MLP_FUNCTIONS, Mixture, expert_values, gate_weights, mixture_forward
+from ._mixture import MLP_FUNCTIONS, Mixture, as_mixture, as_moe, expert_values, gate_weights, mixture_forward
 from ._specs import (
     EXPERT_FAMILIES,
     GATE_ACTIVATIONS,
@@ -75,6 +75,8 @@ __all__ = [
     "is_int",
     "Mixture",
     "mixture_forward",
+    "as_mixture",
+    "as_moe",
     "mixture_from_rows",
     "MLP_ACTIVATIONS",
     "MLP_FUNCTIONS",

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ..model import unit
+from ..base import unit
 from ._mixture import Mixture
 from ._specs import as_expert, as_gate, is_int
 

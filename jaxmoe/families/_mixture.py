@@ -7,8 +7,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ..base import Model, unit
 from ..hermite import ACTIVATIONS, EXPERTS
-from ..model import unit
+from ..model import MoE
 from ._specs import Expert, Gate, as_expert, as_gate
 
 # The hidden units' activations of the mlp experts (`MLP_ACTIVATIONS`); GELU
@@ -16,7 +17,7 @@ from ._specs import Expert, Gate, as_expert, as_gate
 MLP_FUNCTIONS = {"sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh, "gelu": lambda z: jax.nn.gelu(z, approximate=False)}
 
 
-class Mixture(eqx.Module):
+class Mixture(Model):
     """A mixture of experts of any gate and expert family: ``f(θ, x) = Σ_i g_i(x) E_i(x)``.
 
     The same class serves as teacher and as student. Under `jax.vmap` the
@@ -45,6 +46,8 @@ class Mixture(eqx.Module):
     output: Array | None = None
     gate: Gate = eqx.field(static=True, default=Gate("sigmoid"), converter=as_gate)
     expert_fn: Expert = eqx.field(static=True, default=Expert("he3"), converter=as_expert)
+    # Biases and mlp output weights are scalars per expert: they do not rotate.
+    VECTOR_FIELDS = ("router", "group_router", "expert")
 
     def __check_init__(self):
         shape_r = getattr(self.router, "shape", None)
@@ -73,52 +76,69 @@ class Mixture(eqx.Module):
         if gate.name == "topk" and not 1 <= gate.k <= m:
             raise ValueError(f"topk gate: k must be in 1..m = 1..{m}; got {gate.k}")
 
-    @property
-    def num_experts(self) -> int:
-        """m, the number of experts."""
-        return self.router.shape[-2]
+    def gate_weights(self, x: Float[Array, "n D"], t=None) -> Float[Array, "n m"]:
+        """The gate g_i(x) for each input and expert, at gradient-flow time `t` (for a τ schedule)."""
+        gate = self.gate
+        logits = x @ unit(self.router).T  # (n, m)
+        if gate.independent:
+            return ACTIVATIONS[gate.name](logits)
+        tau = gate.temperature(t)
+        if gate.name == "activation":
+            act = jnp.tanh if gate.activation == "tanh" else jax.nn.sigmoid
+            logits = act(logits)
+        logits = logits / tau
+        if gate.name in ("softmax", "temperature", "activation"):
+            return jax.nn.softmax(logits, axis=-1)
+        if gate.name == "hierarchical":
+            n, m = logits.shape
+            groups = gate.groups
+            outer = jax.nn.softmax(x @ unit(self.group_router).T / tau, axis=-1)  # (n, G)
+            inner = jax.nn.softmax(logits.reshape(n, groups, m // groups), axis=-1)  # (n, G, E)
+            return (outer[:, :, None] * inner).reshape(n, m)
+        # topk: the k-th largest logit is the threshold; ties have probability zero.
+        threshold = jax.lax.top_k(logits, gate.k)[0][:, -1:]
+        kept = logits >= threshold
+        masked = jnp.where(kept, logits, -jnp.inf)
+        return jax.nn.softmax(masked, axis=-1)
+
+    def expert_values(self, x: Float[Array, "n D"]) -> Float[Array, "n m"]:
+        """Each expert's output E_i(x): shape ``(n, m)``."""
+        expert = self.expert_fn
+        if expert.hermite:
+            return EXPERTS[expert.name](x @ unit(self.expert).T)
+        if expert.name == "linear":
+            return x @ self.expert.T + self.bias
+        pre = jnp.einsum("nd,mhd->nmh", x, self.expert)
+        return jnp.einsum("nmh,mh->nm", MLP_FUNCTIONS[expert.activation](pre), self.output)
 
     @property
-    def dim(self) -> int:
-        """D, the dimension of the coordinates (d, or the reduced dimension)."""
-        return self.router.shape[-1]
+    def degree(self) -> int | None:
+        """The experts' polynomial degree: k for He_k, 1 for linear, None for mlp."""
+        return self.expert_fn.degree
+
+    @property
+    def families(self) -> tuple[str, str]:
+        """The `Gate` and `Expert` specifications as strings, e.g. ``("softmax:tau=0.5", "mlp:hidden=4")``."""
+        return str(self.gate), str(self.expert_fn)
+
+    def arrays(self) -> dict[str, Array]:
+        """The arrays by name: ``router``, ``expert`` and, where present, ``group_router``, ``bias``, ``output``."""
+        out = {"router": self.router, "expert": self.expert}
+        for name in ("group_router", "bias", "output"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
 
 
 def gate_weights(model: Mixture, x: Float[Array, "n D"], t=None) -> Float[Array, "n m"]:
-    """The gate g_i(x) for each input and expert, at gradient-flow time `t` (for a τ schedule)."""
-    gate = model.gate
-    logits = x @ unit(model.router).T  # (n, m)
-    if gate.independent:
-        return ACTIVATIONS[gate.name](logits)
-    tau = gate.temperature(t)
-    if gate.name == "activation":
-        act = jnp.tanh if gate.activation == "tanh" else jax.nn.sigmoid
-        logits = act(logits)
-    logits = logits / tau
-    if gate.name in ("softmax", "temperature", "activation"):
-        return jax.nn.softmax(logits, axis=-1)
-    if gate.name == "hierarchical":
-        n, m = logits.shape
-        groups = gate.groups
-        outer = jax.nn.softmax(x @ unit(model.group_router).T / tau, axis=-1)  # (n, G)
-        inner = jax.nn.softmax(logits.reshape(n, groups, m // groups), axis=-1)  # (n, G, E)
-        return (outer[:, :, None] * inner).reshape(n, m)
-    # topk: the k-th largest logit is the threshold; ties have probability zero.
-    threshold = jax.lax.top_k(logits, gate.k)[0][:, -1:]
-    kept = logits >= threshold
-    masked = jnp.where(kept, logits, -jnp.inf)
-    return jax.nn.softmax(masked, axis=-1)
+    """The gate g_i(x) for each input and expert, at gradient-flow time `t`: `Mixture.gate_weights`."""
+    return model.gate_weights(x, t)
 
 
 def expert_values(model: Mixture, x: Float[Array, "n D"]) -> Float[Array, "n m"]:
-    """Each expert's output E_i(x): shape ``(n, m)``."""
-    expert = model.expert_fn
-    if expert.hermite:
-        return EXPERTS[expert.name](x @ unit(model.expert).T)
-    if expert.name == "linear":
-        return x @ model.expert.T + model.bias
-    pre = jnp.einsum("nd,mhd->nmh", x, model.expert)
-    return jnp.einsum("nmh,mh->nm", MLP_FUNCTIONS[expert.activation](pre), model.output)
+    """Each expert's output E_i(x), shape ``(n, m)``: `Mixture.expert_values`."""
+    return model.expert_values(x)
 
 
 def mixture_forward(model: Mixture, x: Float[Array, "n D"], t=None) -> Float[Array, " n"]:
@@ -138,6 +158,22 @@ def mixture_forward(model: Mixture, x: Float[Array, "n D"], t=None) -> Float[Arr
         teacher = init_mixture_teacher(2, 6, "topk:k=1", "linear", key=jax.random.PRNGKey(0))
         mixture_forward(teacher, jnp.ones((3, 6))).shape       # (3,)
     """
-    if x.ndim != 2 or x.shape[-1] != model.dim:
-        raise ValueError(f"x must have shape (n, {model.dim}); got {x.shape}")
-    return jnp.sum(gate_weights(model, x, t) * expert_values(model, x), axis=-1)
+    return model.forward(x, t)
+
+
+def as_mixture(model: Model) -> Mixture:
+    """A `Mixture` computing the same function (a `jaxmoe.MoE` is rewrapped; its families are named alike)."""
+    if isinstance(model, Mixture):
+        return model
+    if not isinstance(model, MoE):
+        raise TypeError(f"expected a jaxmoe.MoE or jaxmoe.families.Mixture; got {type(model).__name__}")
+    return Mixture(model.router, model.expert, gate=model.gate.name, expert_fn=model.expert_fn.name)
+
+
+def as_moe(model: Model) -> MoE:
+    """A `jaxmoe.MoE` computing the same function, for a model of the paper's families (independent gate, He_k expert)."""
+    if isinstance(model, MoE):
+        return model
+    if not (model.gate.independent and model.expert_fn.hermite):
+        raise ValueError(f"only an independent gate with He_k experts is a jaxmoe.MoE; got {model.gate}, {model.expert_fn}")
+    return MoE(model.router, model.expert, model.gate.name, model.expert_fn.name)

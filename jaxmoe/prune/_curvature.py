@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..init import project_to_span
 from ..model import MoE
 from ..population import population_loss
 
@@ -87,37 +88,6 @@ def norm_directions(student: MoE) -> np.ndarray:
     return out
 
 
-def _span_coordinates(teacher: MoE, student: MoE) -> tuple[MoE, MoE]:
-    """Teacher and student in an orthonormal frame: their span plus one direction orthogonal to it.
-
-    The loss is rotation invariant, so the Hessian in these coordinates is
-    the Hessian in the run's, rotated — except that the directions orthogonal
-    to the span, which all carry the same curvature by isotropy (the Hessian
-    there is A ⊗ I), appear once instead of D − k times. Every distinct
-    eigenvalue is kept, at a cost independent of D.
-    """
-    vectors = np.concatenate([teacher.router, teacher.expert, student.router, student.expert])  # (n, D)
-    n, dim = vectors.shape
-    if dim <= n + 1:
-        return teacher, student
-    # A = Q R with R (n × n): the span of the vectors lies in that of Q's
-    # columns even when the vectors are linearly dependent (student = teacher).
-    q, _ = np.linalg.qr(vectors.T)  # (D, n)
-    # One more direction: the coordinate axis least covered by Q (its residual
-    # is at least 1 − n/D > 0), orthogonalised.
-    axis = int(np.argmin(np.sum(q * q, axis=1)))
-    extra = -q @ q[axis]
-    extra[axis] += 1.0
-    frame = np.column_stack([q, extra / np.linalg.norm(extra)])  # (D, n + 1)
-    m_star = teacher.router.shape[0]
-    m = student.router.shape[0]
-    coords = vectors @ frame
-    return (
-        MoE(coords[:m_star], coords[m_star:2 * m_star], teacher.gate, teacher.expert_fn),
-        MoE(coords[2 * m_star:2 * m_star + m], coords[2 * m_star + m:], student.gate, student.expert_fn),
-    )
-
-
 def hessian_spectrum(student: MoE, teacher: MoE) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues of the loss Hessian, in full and on the tangent space.
 
@@ -128,8 +98,9 @@ def hessian_spectrum(student: MoE, teacher: MoE) -> tuple[np.ndarray, np.ndarray
     directions L ignores (and that gradient flow never moves along), so
     ``λ_min(Bᵀ H B) > 0`` is local strong convexity at the point.
 
-    It is computed in the frame of `_span_coordinates` (the span of teacher
-    and student plus one orthogonal direction): by rotation invariance every
+    It is computed in the frame of `jaxmoe.init.project_to_span` with
+    ``extra=True`` (the span of teacher and student plus one orthogonal
+    direction): by rotation invariance every
     distinct eigenvalue of the Hessian in the run's coordinates, or in d
     dimensions, is there; those of directions orthogonal to the span occur
     once instead of D − k times.
@@ -154,12 +125,16 @@ def hessian_spectrum(student: MoE, teacher: MoE) -> tuple[np.ndarray, np.ndarray
     full, tangent = [], []
     with jax.enable_x64(True):
         for s in range(student.router.shape[0]):
-            one_teacher, one_student = _span_coordinates(
-                MoE(np.asarray(teacher.router[s], float), np.asarray(teacher.expert[s], float), teacher.gate, teacher.expert_fn),
-                MoE(np.asarray(student.router[s], float), np.asarray(student.expert[s], float), student.gate, student.expert_fn),
+            # The loss is rotation invariant, so the Hessian in the span's frame
+            # is the run's, rotated — except that the directions orthogonal to
+            # the span, which all carry the same curvature by isotropy (the
+            # Hessian there is A ⊗ I), appear once instead of D − k times.
+            one_teacher, one_student = project_to_span(
+                MoE(jnp.asarray(teacher.router[s], float), jnp.asarray(teacher.expert[s], float), teacher.gate, teacher.expert_fn),
+                MoE(jnp.asarray(student.router[s], float), jnp.asarray(student.expert[s], float), student.gate, student.expert_fn),
+                extra=True,
             )
-            h = np.asarray(loss_hessian(jax.tree_util.tree_map(jnp.asarray, one_student),
-                                        jax.tree_util.tree_map(jnp.asarray, one_teacher)))
+            h = np.asarray(loss_hessian(one_student, one_teacher))
             h = 0.5 * (h + h.T)  # AD gives a symmetric matrix up to rounding
             normal = norm_directions(one_student)
             q, _ = np.linalg.qr(normal, mode="complete")

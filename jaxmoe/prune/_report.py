@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from ..files import write_atomic
 from ..plot import figure, write_png
-from ..results import save, write_atomic
+from ..results import save
 from ._experiment import PruneResult
 
 # ---------------------------------------------------------------------------

@@ -109,7 +109,7 @@ gradient (jit, warm, one CPU core) take 19 ms (He3), 11 ms (linear), 18 ms
 
 from __future__ import annotations
 
-from ._common import NODE_BLOCK, blockwise, check_pair, expert_vectors, gate_vectors, is_polynomial, rule_degree
+from ._common import NODE_BLOCK, blockwise, expert_vectors, gate_vectors, is_polynomial, rule_degree
 from ._conditional import conditional_loss
 from ._dispatch import CONDITIONAL_ERROR, is_exact, loss_on_nodes, loss_rule, mixture_loss, rule_nodes, stated_error, uses_pair_kernel
 from ._nodes import CONDITIONAL_NODES, MAX_GAUSS_HERMITE_DIM, QMC_NODES, RULES, SOBOL_SEED, SPREAD, gaussian_nodes
@@ -125,7 +125,6 @@ __all__ = [
     "SOBOL_SEED",
     "SPREAD",
     "blockwise",
-    "check_pair",
     "expert_vectors",
     "gate_vectors",
     "is_polynomial",

@@ -6,21 +6,12 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from ..base import unit
 from ..families import Mixture
-from ..model import unit
 
 
 def is_polynomial(model: Mixture) -> bool:
     return model.expert_fn.hermite or model.expert_fn.name == "linear"
-
-
-def check_pair(student, teacher) -> None:
-    if not isinstance(student, Mixture) or not isinstance(teacher, Mixture):
-        raise TypeError("student and teacher must be jaxmoe.families.Mixture instances")
-    if student.router.ndim != 2 or teacher.router.ndim != 2:
-        raise ValueError("the loss takes one student and one teacher (arrays (m, D)); use jax.vmap for seeds")
-    if student.dim != teacher.dim:
-        raise ValueError(f"student and teacher must share the dimension; got D = {student.dim} and D = {teacher.dim}")
 
 
 def gate_vectors(model: Mixture) -> list[Array]:

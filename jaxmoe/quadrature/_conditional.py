@@ -7,9 +7,10 @@ import math
 import jax.numpy as jnp
 from jaxtyping import Array, Scalar
 
+from ..base import check_pair
 from ..families import Mixture, gate_weights
 from ..pairkernel import orthonormal_frame
-from ._common import blockwise, check_pair, expert_vectors, gate_vectors, is_polynomial, rule_degree
+from ._common import blockwise, expert_vectors, gate_vectors, is_polynomial, rule_degree
 from ._nodes import CONDITIONAL_NODES, SOBOL_SEED, gaussian_nodes
 
 # ---------------------------------------------------------------------------
@@ -60,7 +61,7 @@ def conditional_loss(
         student = init_mixture_student(4, 12, "softmax", "he3", key=jax.random.PRNGKey(1))
         conditional_loss(student, teacher)     # ≈ mixture_loss_monte_carlo(…)[0]
     """
-    check_pair(student, teacher)
+    check_pair(student, teacher, Mixture)
     if not (is_polynomial(student) and is_polynomial(teacher)):
         raise ValueError("the conditional rule needs He or linear experts on both sides; use quasi_monte_carlo_loss")
     order = max(rule_degree(student), rule_degree(teacher))

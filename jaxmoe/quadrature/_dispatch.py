@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 from jaxtyping import Scalar
 
-from ..families import Mixture
+from ..base import Model, check_pair
+from ..families import Mixture, as_mixture, as_moe
 from ..model import MoE
 from ..pairkernel import independent_loss
 from ..population import population_loss
-from ._common import check_pair, gate_vectors, is_polynomial, rule_degree
+from ._common import gate_vectors, is_polynomial, rule_degree
 from ._conditional import conditional_loss, conditional_on_nodes
 from ._nodes import CONDITIONAL_NODES, QMC_NODES, SOBOL_SEED, gaussian_nodes
 from ._qmc import quasi_monte_carlo_loss, quasi_monte_carlo_on_nodes, span_size
@@ -18,9 +19,12 @@ from ._qmc import quasi_monte_carlo_loss, quasi_monte_carlo_on_nodes, span_size
 # Dispatch
 
 
-def is_exact(student: Mixture, teacher: Mixture) -> bool:
-    """True when `mixture_loss` uses the exact kernel: independent gates and He experts on both sides."""
-    return all(model.gate.independent and model.expert_fn.hermite for model in (student, teacher))
+def is_exact(student: Model, teacher: Model) -> bool:
+    """True when `mixture_loss` uses the exact kernel: independent gates and He experts on both sides.
+
+    A `jaxmoe.MoE` always qualifies (its experts may be any Hermite polynomial).
+    """
+    return all(isinstance(model, MoE) or (model.gate.independent and model.expert_fn.hermite) for model in (student, teacher))
 
 
 def uses_pair_kernel(student: Mixture, teacher: Mixture) -> bool:
@@ -52,6 +56,7 @@ def loss_rule(student: Mixture, teacher: Mixture) -> str:
     """
     if is_exact(student, teacher):
         return "exact"
+    student, teacher = as_mixture(student), as_mixture(teacher)
     if uses_pair_kernel(student, teacher):
         return "pair kernel"
     if is_polynomial(student) and is_polynomial(teacher):
@@ -139,7 +144,7 @@ def loss_on_nodes(student: Mixture, teacher: Mixture, points, weights, *, t=None
     `rule_nodes`; `t`. **Returns:** a scalar. **Raises:** `ValueError` for a
     pair that `mixture_loss` computes by a kernel (no nodes).
     """
-    check_pair(student, teacher)
+    check_pair(student, teacher, Mixture)
     rule = loss_rule(student, teacher)
     if rule == "conditional":
         return conditional_on_nodes(student, teacher, points, weights, t)
@@ -148,11 +153,7 @@ def loss_on_nodes(student: Mixture, teacher: Mixture, points, weights, *, t=None
     raise ValueError(f"the {rule!r} rule has no nodes")
 
 
-def _as_moe(model: Mixture) -> MoE:
-    return MoE(model.router, model.expert, model.gate.name, model.expert_fn.name)
-
-
-def mixture_loss(student: Mixture, teacher: Mixture, *, t=None, nodes: int | None = None) -> Scalar:
+def mixture_loss(student: Model, teacher: Model, *, t=None, nodes: int | None = None) -> Scalar:
     """The population loss ``½ E[(f_student − f_teacher)²]`` by the best rule for the families.
 
     Dispatches by `loss_rule`: the exact kernel, the pair kernel, the
@@ -165,7 +166,7 @@ def mixture_loss(student: Mixture, teacher: Mixture, *, t=None, nodes: int | Non
 
     **Arguments:**
 
-    - `student`, `teacher`: `Mixture` models with the same D.
+    - `student`, `teacher`: models (`Mixture` or `jaxmoe.MoE`) with the same D.
     - `t`: gradient-flow time, for a gate with a temperature schedule
       (``None``: t = 0).
     - `nodes`: the node budget of the conditional or quasi-Monte Carlo rule
@@ -173,8 +174,12 @@ def mixture_loss(student: Mixture, teacher: Mixture, *, t=None, nodes: int | Non
 
     **Returns:** a scalar.
 
-    **Raises:** `TypeError` for non-`Mixture` models, `ValueError` for
-    batched arrays or different D.
+    This is the one place that picks the loss rule: `jaxmoe.models.model_loss`
+    (what the simulator calls) is this function, and a pair of `jaxmoe.MoE`
+    goes straight to the exact kernel without any conversion.
+
+    **Raises:** `TypeError` for models that are not `jaxmoe.base.Model`
+    instances, `ValueError` for batched arrays or different D.
 
     Example::
 
@@ -182,10 +187,11 @@ def mixture_loss(student: Mixture, teacher: Mixture, *, t=None, nodes: int | Non
         student = init_mixture_student(4, 8, "softmax", "linear", key=jax.random.PRNGKey(1))
         loss, grad = jax.value_and_grad(mixture_loss)(student, teacher)
     """
-    check_pair(student, teacher)
+    check_pair(student, teacher, Model)
     rule = loss_rule(student, teacher)
     if rule == "exact":
-        return population_loss(_as_moe(student), _as_moe(teacher))
+        return population_loss(as_moe(student), as_moe(teacher))
+    student, teacher = as_mixture(student), as_mixture(teacher)
     if rule == "pair kernel":
         return independent_loss(student, teacher)
     if rule == "conditional":

@@ -5,10 +5,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Scalar
 
+from ..base import check_pair
 from ..families import Mixture, mixture_forward
 from ..model import unit
 from ..pairkernel import orthonormal_frame
-from ._common import blockwise, check_pair, expert_vectors, gate_vectors
+from ._common import blockwise, expert_vectors, gate_vectors
 from ._nodes import QMC_NODES, SOBOL_SEED, gaussian_nodes
 
 # ---------------------------------------------------------------------------
@@ -40,7 +41,7 @@ def quasi_monte_carlo_loss(
 
     **Returns:** a scalar. Differentiable (first order), jittable, vmappable.
     """
-    check_pair(student, teacher)
+    check_pair(student, teacher, Mixture)
     points, weights = gaussian_nodes(min(student.dim, span_size(student, teacher)), nodes, 0, seed)
     return quasi_monte_carlo_on_nodes(student, teacher, points, weights, t)
 

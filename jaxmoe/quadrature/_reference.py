@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray, Scalar
 
+from ..base import check_pair
 from ..families import Mixture, mixture_forward
-from ._common import check_pair
 
 # ---------------------------------------------------------------------------
 # Monte Carlo reference
@@ -32,7 +32,7 @@ def mixture_loss_monte_carlo(
 
     **Returns:** ``(mean, standard_error)``, two scalars.
     """
-    check_pair(student, teacher)
+    check_pair(student, teacher, Mixture)
     if num_samples < 2 or batch_size < 1:
         raise ValueError("num_samples must be at least 2 and batch_size at least 1")
     num_batches = -(-num_samples // batch_size)

@@ -24,6 +24,12 @@ setting                gate        experts    fit (k/k*)  theory (exponent of th
                                                           cells: those atoms at n^(-1/4)           table: see `SETTINGS`)
 =====================  ==========  =========  ==========  ==================================================
 
+Gates and experts are named in the vocabulary of `jaxmoe.families`
+(`Setting.gate`, `Setting.expert`): "activation" is ``activation:act=tanh``
+and "two-layer" is ``mlp:hidden=1,act=sigmoid``; the estimation models add a
+bias to every gate logit, a learned τ, and an inner bias to the two-layer
+expert (below).
+
 The last column: `RatesConfig.paper` (n = 10²…10⁵, 20 replicates) on an
 H100, benchmarks/results/rates-gpu-nvidia-h100-80gb-hbm3.md. The temperature
 row flattens: over the last decade alone its exponent is −0.15 [−0.36, 0.06]

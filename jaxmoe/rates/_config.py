@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..families import check_positive, is_int
+from ..families import Expert, Gate, as_expert, as_gate, check_positive, is_int
 
 LIKELIHOODS = ("ls", "mle")
 OPTIMIZERS = ("lbfgs", "adam")
@@ -19,20 +19,44 @@ CHUNK = 1024  # samples per PRNG key (the `jaxmoe.rates` docstring: draws indepe
 class Setting:
     """One row of the rates table: the model and what the papers predict for it.
 
-    - `gate` ∈ {softmax, temperature, activation}; `expert` ∈ {linear, two-layer}.
+    - `gate`, `expert`: the families in the vocabulary of `jaxmoe.families`
+      (`Gate`, `Expert`; strings are parsed): gate ``softmax``,
+      ``temperature`` or ``activation:act=tanh``; expert ``linear`` or
+      ``mlp:hidden=1,act=sigmoid`` (the papers' "two-layer" expert
+      u σ(w·x + c)). The estimation models add what the papers fit and
+      `jaxmoe.families.Mixture` does not have: a bias β0_i in every gate
+      logit, a learned τ (not a schedule) for the temperature and
+      activation gates, raw (not unit) gate and expert vectors, and an
+      inner bias c_i in the two-layer expert (`jaxmoe.rates` docstring).
     - `fitted`: k, the student's experts (the teacher has k* = 2).
     - `likelihood`: the papers' estimator, ``"mle"`` or ``"ls"``.
     - `theory`: the predicted exponent of the Voronoi loss (0 for "slower
       than any polynomial"); `theory_text`: the same in words, with the source.
     """
 
-    gate: str
-    expert: str
+    gate: Gate
+    expert: Expert
     fitted: int
     likelihood: str
     theory: float
     theory_text: str
 
+    def __post_init__(self):
+        object.__setattr__(self, "gate", as_gate(self.gate))
+        object.__setattr__(self, "expert", as_expert(self.expert))
+        if self.gate.name not in RATE_GATES or self.expert.name not in RATE_EXPERTS:
+            raise ValueError(f"rates settings use gates {RATE_GATES} and experts {RATE_EXPERTS}; got {self.gate}, {self.expert}")
+
+    @property
+    def learned_temperature(self) -> bool:
+        """Whether the model fits a temperature τ (temperature and activation gates)."""
+        return self.gate.name in ("temperature", "activation")
+
+
+# The families the estimation models implement (`_model._logits`, `_model._experts`).
+RATE_GATES = ("softmax", "temperature", "activation")
+RATE_EXPERTS = ("linear", "mlp")
+TWO_LAYER = "mlp:hidden=1,act=sigmoid"
 
 SETTINGS = {
     "softmax-exact": Setting("softmax", "linear", 2, "mle", -0.5, "n^-1/2 (arXiv 2305.03288, exact-fitted)"),
@@ -40,10 +64,10 @@ SETTINGS = {
                             "n^-1/2 with exponent r(M) on over-specified cells (arXiv 2305.03288)"),
     "temperature-linear": Setting("temperature", "linear", 2, "mle", 0.0,
                                   "slower than any polynomial, as slow as 1/log n (arXiv 2401.13875)"),
-    "activation-linear": Setting("activation", "linear", 2, "mle", -0.5, "n^-1/2 (arXiv 2401.13875, activation gate)"),
-    "two-layer": Setting("softmax", "two-layer", 2, "ls", -0.5,
+    "activation-linear": Setting("activation:act=tanh", "linear", 2, "mle", -0.5, "n^-1/2 (arXiv 2401.13875, activation gate)"),
+    "two-layer": Setting("softmax", TWO_LAYER, 2, "ls", -0.5,
                          "n^-1/2 (arXiv 2402.02952, 2503.03213: strongly identifiable experts)"),
-    "two-layer-over": Setting("softmax", "two-layer", 3, "ls", -0.5,
+    "two-layer-over": Setting("softmax", TWO_LAYER, 3, "ls", -0.5,
                               "n^-1/2 with exponent 2 on over-specified cells (arXiv 2402.02952, 2503.03213)"),
 }
 # The table's rows. "two-layer-over" is asked for by name: in trials up to
@@ -71,9 +95,9 @@ def num_parameters(setting: str | Setting, dim: int, likelihood: str | None = No
     s = SETTINGS[setting] if isinstance(setting, str) else setting
     lik = likelihood or s.likelihood
     k = s.fitted
-    count = k * (dim + 1) + (k * (dim + 1) if s.expert == "linear" else k * (dim + 2))
+    count = k * (dim + 1) + (k * (dim + 1) if s.expert.name == "linear" else k * (dim + 2))
     count += k if lik == "mle" else 0
-    count += 1 if s.gate in ("temperature", "activation") else 0
+    count += 1 if s.learned_temperature else 0
     return count
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from ..families import MLP_FUNCTIONS, Expert, Gate
 from ..voronoi import OVERSPECIFIED_RBAR, OVERSPECIFIED_SQUARED, softmax_gauge, voronoi_loss
 from ._config import CHUNK, K_STAR, SETTINGS, RatesConfig
 
@@ -42,12 +43,12 @@ def teacher_parameters(setting: str, dim: int, noise: float, tau: float, dtype=N
     e1 = jnp.zeros((dim,), dtype).at[0].set(1.0)
     e2 = jnp.zeros((dim,), dtype).at[min(1, dim - 1)].set(1.0)
     p = {"beta0": jnp.zeros((2,), dtype), "beta1": jnp.stack([2.0 * e1, -e1])}
-    if s.expert == "linear":
+    if s.expert.name == "linear":
         p.update(a=jnp.stack([e2, -e2]), b=jnp.array([0.5, -0.5], dtype))
     else:
         p.update(u=jnp.array([2.0, -2.0], dtype), w=jnp.stack([3.0 * e2, -2.0 * e2]), c=jnp.array([0.0, 0.5], dtype))
     p["sigma_raw"] = jnp.full((2,), math.log(noise - floor), dtype)
-    if s.gate in ("temperature", "activation"):
+    if s.learned_temperature:
         p["log_tau"] = jnp.asarray(math.log(tau), dtype)
     return p
 
@@ -57,20 +58,20 @@ def _sigma(p: dict, floor: float):
     return floor + jnp.exp(p["sigma_raw"])
 
 
-def _logits(p: dict, x, gate: str):
+def _logits(p: dict, x, gate: Gate):
     z = x @ p["beta1"].T  # (n, k)
-    if gate == "softmax":
+    if gate.name == "softmax":
         return z + p["beta0"]
     tau = jnp.exp(p["log_tau"])
-    if gate == "temperature":
+    if gate.name == "temperature":
         return z / tau + p["beta0"]
-    return jnp.tanh(z) / tau + p["beta0"]
+    return MLP_FUNCTIONS[gate.activation](z) / tau + p["beta0"]
 
 
-def _experts(p: dict, x, expert: str):
-    if expert == "linear":
+def _experts(p: dict, x, expert: Expert):
+    if expert.name == "linear":
         return x @ p["a"].T + p["b"]
-    return p["u"] * jax.nn.sigmoid(x @ p["w"].T + p["c"])
+    return p["u"] * MLP_FUNCTIONS[expert.activation](x @ p["w"].T + p["c"])
 
 
 def sample(setting: str, teacher: dict, key, n_pad: int, likelihood: str, *, floor: float = 0.0):
@@ -198,10 +199,10 @@ def parameter_loss(setting: str, likelihood: str, fitted: dict, teacher: dict, *
     **Returns:** a scalar; jittable.
     """
     s = SETTINGS[setting]
-    translate = s.gate != "activation"
+    translate = s.gate.name != "activation"
     b0, b1 = softmax_gauge(fitted["beta0"], fitted["beta1"], translate_slopes=translate)
     b0_star, b1_star = softmax_gauge(teacher["beta0"], teacher["beta1"], translate_slopes=translate)
-    if s.expert == "linear":
+    if s.expert.name == "linear":
         names, scales = ("b", "a"), (1.0, 0.5)
     else:
         names, scales = ("u", "w", "c"), (1.0, 1.0, 1.0)
@@ -212,7 +213,7 @@ def parameter_loss(setting: str, likelihood: str, fitted: dict, teacher: dict, *
         fit_groups.append(_sigma(fitted, floor) ** 2)
         true_groups.append(_sigma(teacher, floor) ** 2)
         group_scales.append(0.5)
-    if likelihood == "mle" and s.expert == "linear":
+    if likelihood == "mle" and s.expert.name == "linear":
         table = OVERSPECIFIED_RBAR
     else:
         table, group_scales = OVERSPECIFIED_SQUARED, [1.0] * len(fit_groups)

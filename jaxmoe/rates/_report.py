@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from ..files import read_header, write_atomic, write_header
 from ._config import K_STAR, SETTINGS, RatesConfig
 from ._experiment import RatesResult, fit_rate
 
@@ -86,13 +86,11 @@ def write_rates(result: RatesResult, folder: str | os.PathLike) -> list[Path]:
         jaxmoe.rates.write_rates(result, "runs/rates")
     """
     from ..plot import write_png
-    from ..results import write_atomic
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = result.config
-    write_atomic(folder / "config.json", (json.dumps({"format": "jaxmoe.rates", "version": 1,
-                                                       "config": config.to_dict()}, indent=2) + "\n").encode())
+    write_header(folder / "config.json", "jaxmoe.rates", 1, config=config.to_dict())
     csv = io.StringIO()
     csv.write("setting,likelihood,n,replicate,voronoi_loss,objective,grad_norm,steps\n")
     for i, setting in enumerate(config.settings):
@@ -130,9 +128,7 @@ def load_rates(folder: str | os.PathLike) -> RatesResult:
         result = jaxmoe.rates.load_rates("runs/rates")
     """
     folder = Path(folder)
-    header = json.loads((folder / "config.json").read_text())
-    if header.get("format") != "jaxmoe.rates":
-        raise ValueError(f"{folder} does not hold a jaxmoe rates result")
+    header = read_header(folder / "config.json", "jaxmoe.rates", 1)
     config = RatesConfig.from_dict(header["config"])
     with np.load(folder / "rates.npz", allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
