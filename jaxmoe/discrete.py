@@ -34,12 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from .base import Model
 from .config import SimulationConfig
 from .devices import blocks_per_device, in_blocks, num_devices, seed_block, shard_index, shard_seeds
 from .init import seed_key
-from .models import Model, model_loss
 from .observables import observe
 from .progress import step_bar
+from .quadrature import mixture_loss
 
 __all__ = ["make_optimizer", "retract", "step_schedule", "train", "vector_norms"]
 
@@ -166,7 +167,7 @@ def _compiled_train(spec: _Spec, custom: optax.GradientTransformation | None):
 
     def gradient(student, teacher, data, key, t):
         if spec.method == "optax":
-            return jax.grad(model_loss)(student, teacher, t)
+            return jax.grad(mixture_loss)(student, teacher, t)
         if spec.method == "online":
             x = jax.random.normal(key, (spec.batch_size, student.dim), student.router.dtype)
             return jax.grad(_empirical_loss)(student, teacher, x, t)

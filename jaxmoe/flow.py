@@ -34,12 +34,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .base import Model
 from .config import SimulationConfig
 from .devices import blocks_per_device, in_blocks, num_devices, shard_index, shard_seeds, solve_block
-from .models import Model, expert_alignment, model_loss, router_alignment
-from .observables import observe
+from .observables import expert_alignment, observe, router_alignment
 from .pool import Phase, pool_facts, pool_solve
 from .progress import SlowestSeedMeter, flow_bar
+from .quadrature import mixture_loss
 from .solvers import RKC2, AuxTerm, Tracked, state_norm
 
 __all__ = ["integrate", "time_grid", "vector_field"]
@@ -93,7 +94,7 @@ def vector_field(student: Model, teacher: Model, t=None) -> Model:
 
     L is the exact `population_loss` (docs/model.md §1–2) for the paper's model,
     `jaxmoe.quadrature.mixture_loss` for other families
-    (`jaxmoe.models.model_loss`), differentiated by `jax.grad`. The paper's
+    (`jaxmoe.quadrature.mixture_loss`), differentiated by `jax.grad`. The paper's
     L depends on v_i, w_i only through their directions, so
     ``v_i·∂L/∂v_i = w_i·∂L/∂w_i = 0``: the flow conserves every norm (so do
     the routers of every gate family, which enter as unit vectors).
@@ -160,7 +161,7 @@ def _solver(name: str, spec: _Spec, *, stiffness: float | None = None) -> Tracke
 
 def _field(t, student, teacher):
     """``(−∇L, aux)``: the gradient flow and, from the same evaluation, the loss (`solvers.AuxTerm`)."""
-    loss, gradient = jax.value_and_grad(model_loss)(student, teacher, t)
+    loss, gradient = jax.value_and_grad(mixture_loss)(student, teacher, t)
     rate = jax.tree_util.tree_map(jnp.negative, gradient)
     return rate, {"loss": loss, "stiff": jnp.zeros_like(loss)}
 
@@ -228,7 +229,7 @@ def _compiled_solve(spec: _Spec):
             margin = 1e-4 * (student.router.shape[-2] + teacher.router.shape[-2])
             near = loss < threshold + margin
             loss = jax.lax.cond(
-                eqxi.unvmap_any(near), lambda: jnp.where(near, model_loss(student, teacher, t), loss), lambda: loss
+                eqxi.unvmap_any(near), lambda: jnp.where(near, mixture_loss(student, teacher, t), loss), lambda: loss
             )
         done = (loss < threshold) | ~jnp.isfinite(loss)
         if spec.recovery_stop:
@@ -244,7 +245,7 @@ def _compiled_solve(spec: _Spec):
         return y[0] if spec.save_states else observe(y[0], teacher, t)
 
     def initial(student0, teacher, t0):
-        loss0 = model_loss(student0, teacher, t0)
+        loss0 = mixture_loss(student0, teacher, t0)
         return student0, {"loss": loss0, "stiff": jnp.zeros_like(loss0)}
 
     def switches(t, y, teacher, result, threshold, recovered_at):

@@ -12,15 +12,18 @@ which order, and when the initial plateau ends.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .model import unit
-from .models import Model, expert_alignment, model_loss, router_alignment
+from .base import Model, unit
+from .quadrature import gaussian_nodes, mixture_loss
 from .routing import routing_observables
 
 __all__ = [
     "alignment",
+    "expert_alignment",
+    "router_alignment",
     "observe",
     "best_match",
     "first_crossing",
@@ -52,12 +55,50 @@ def alignment(a: Float[Array, "m d"], b: Float[Array, "k d"]) -> Float[Array, "m
     return unit(a) @ unit(b).T
 
 
+# Nodes of the functional alignment of mlp experts (below): enough that the
+# cosine is accurate to about 1e-3, cheap enough to evaluate at every step.
+ALIGNMENT_NODES = 2**12
+
+
+def router_alignment(student: Model, teacher: Model) -> Float[Array, "m m_star"]:
+    """Cosines ``v̄_i·v̄*_j`` between student and teacher routers (group routers are not included)."""
+    return unit(student.router) @ unit(teacher.router).T
+
+
+def _functional(student: Model, teacher: Model) -> Array:
+    points, weights = gaussian_nodes(student.dim, ALIGNMENT_NODES)
+    dtype = student.router.dtype
+    x, w = jnp.asarray(points, dtype), jnp.asarray(weights, dtype)
+    a, b = student.expert_values(x), teacher.expert_values(x)  # (N, m), (N, m*)
+    gram = (a * w[:, None]).T @ b
+    norm_a = jnp.sqrt(w @ a**2)
+    norm_b = jnp.sqrt(w @ b**2)
+    return gram / (norm_a[:, None] * norm_b[None, :])
+
+
+def expert_alignment(student: Model, teacher: Model) -> Float[Array, "m m_star"]:
+    """How well student expert i matches teacher expert j, a cosine in [−1, 1].
+
+    - He and linear experts on both sides: ``w̄_i·w̄*_j``, the cosine of the
+      expert vectors (a linear expert's bias is not part of it);
+    - otherwise (an mlp expert on either side): the cosine of the expert
+      *functions* in L²(N(0, I_D)),
+      ``E[E_i E*_j] / √(E[E_i²] E[E*_j²])``, by a fixed quasi-Monte Carlo
+      rule of `ALIGNMENT_NODES` nodes (`jaxmoe.quadrature.gaussian_nodes`):
+      1 exactly when the two networks compute proportional functions, and
+      blind to how their hidden units are ordered or scaled.
+    """
+    if student.degree is not None and teacher.degree is not None:
+        return unit(student.expert) @ unit(teacher.expert).T
+    return _functional(student, teacher)
+
+
 def observe(student: Model, teacher: Model, t=None) -> dict[str, Array]:
     """The observables saved at every requested time.
 
     The population loss ``L = ½ E[(f_student(x) − f_teacher(x))²]``
-    (`jaxmoe.models.model_loss`: the exact kernel for the paper's model) and
-    the alignments ``w̄_i·w̄*_j``, ``v̄_i·v̄*_j`` (`jaxmoe.models.expert_alignment`
+    (`jaxmoe.quadrature.mixture_loss`: the exact kernel for the paper's model) and
+    the alignments ``w̄_i·w̄*_j``, ``v̄_i·v̄*_j`` (`expert_alignment`
     says what the expert alignment is for mlp experts).
 
     **Arguments:** one `student` ``(m, D)`` and one `teacher` ``(m*, D)``
@@ -74,7 +115,7 @@ def observe(student: Model, teacher: Model, t=None) -> dict[str, Array]:
         obs["expert_alignment"].shape    # (4, 2), entries of order 50^(-1/2)
     """
     return {
-        "loss": model_loss(student, teacher, t),
+        "loss": mixture_loss(student, teacher, t),
         "expert_alignment": expert_alignment(student, teacher),
         "router_alignment": router_alignment(student, teacher),
         **routing_observables(student, teacher, t),

@@ -187,7 +187,7 @@ class Result:
         """Expert alignments of the final student, shape (S, m, m*).
 
         Cosines of the expert vectors; for mlp experts (whose alignment is
-        functional, `jaxmoe.models.expert_alignment`) the last finite saved value.
+        functional, `jaxmoe.observables.expert_alignment`) the last finite saved value.
         """
         if self.student_expert.ndim == 3 and self.teacher_expert.ndim == 3:
             return _cosines(self.student_expert, self.teacher_expert)

@@ -19,12 +19,12 @@ import numpy as np
 import optax
 
 from . import discrete, flow
+from .base import Model
 from .config import SimulationConfig
 from .devices import num_devices
 from .families import Mixture
 from .init import init_problem, uses_reduced
 from .model import MoE
-from .models import Model
 from .results import Result
 
 __all__ = ["simulate"]

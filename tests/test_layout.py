@@ -102,7 +102,7 @@ LAYERS = [
     ("models", {"base", "hermite", "model", "families"}),
     ("configuration", {"config"}),
     ("initialisation", {"init"}),
-    ("loss", {"population", "pairkernel", "quadrature", "models", "voronoi"}),
+    ("loss", {"population", "pairkernel", "quadrature", "voronoi"}),
     ("observables", {"observables", "routing"}),
     ("dynamics", {"devices", "progress", "solvers", "pool", "flow", "discrete"}),
     # `simulate` returns a `Result`, so the container comes before the

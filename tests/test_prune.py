@@ -21,7 +21,7 @@ from jaxmoe.cli import UsageError
 from jaxmoe.cli.prune import add_parser
 from jaxmoe.cli.prune import run as run_command
 from jaxmoe.prune import (
-    RULES,
+    SELECTION_RULES,
     fit_linear_rate,
     greedy_match,
     hessian_spectrum,
@@ -227,7 +227,7 @@ def test_greedy_match_resolves_conflicts_by_the_larger_score():
 def test_bad_rule_or_threshold(rule_run, kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
         prune(rule_run, **kwargs)
-    assert set(RULES) == {"best", "threshold", "contribution"}
+    assert set(SELECTION_RULES) == {"best", "threshold", "contribution"}
 
 
 def test_non_finite_seed_is_refused(rule_run):

@@ -12,7 +12,7 @@ from ..prune import (
     DEFAULT_NUM_TIMES,
     DEFAULT_RTOL,
     DEFAULT_T_MAX,
-    RULES,
+    SELECTION_RULES,
     check_rule,
     format_prune_table,
     prune,
@@ -34,7 +34,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "result.npz (the fine-tuning, readable by jaxmoe.load), prune.csv, prune.txt, prune.npz, loss.png, spectrum.png.",
     )
     p.add_argument("run_folder", metavar="RUN_FOLDER", type=Path, help="a finished run (jaxmoe simulate's folder)")
-    p.add_argument("--rule", default="best", help=f"{', '.join(RULES)} (default %(default)s)")
+    p.add_argument("--rule", default="best", help=f"{', '.join(SELECTION_RULES)} (default %(default)s)")
     p.add_argument("--threshold", type=float, default=0.9,
                    help="alignment below which rule 'threshold' flags a teacher, in (0, 1) (default %(default)s)")
     p.add_argument("--t-max", type=float, default=DEFAULT_T_MAX, help="fine-tuning time (default %(default)s)")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..rates import OPTIMIZERS, SETTINGS, RatesConfig, format_table, rates, write_rates
+from ..rates import FIT_OPTIMIZERS, SETTINGS, RatesConfig, format_table, rates, write_rates
 from ._flags import UsageError, output_folder
 
 
@@ -31,7 +31,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--restarts", type=int, default=None, help=f"optimiser starts per data set (default {d.restarts})")
     p.add_argument("--noise", type=float, default=d.noise, help="teacher noise sigma > 0 (default %(default)s)")
     p.add_argument("--steps", type=int, default=None, help=f"optimiser iterations at most (default {d.steps})")
-    p.add_argument("--optimizer", default=d.optimizer, help=f"{', '.join(OPTIMIZERS)} (default %(default)s)")
+    p.add_argument("--optimizer", default=d.optimizer, help=f"{', '.join(FIT_OPTIMIZERS)} (default %(default)s)")
     p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="adam's step (default %(default)s)")
     p.add_argument("--likelihood", default=None, help="ls or mle for every setting (default: each setting's own)")
     p.add_argument("--dim", type=int, default=d.dim, help="input dimension D (default %(default)s)")

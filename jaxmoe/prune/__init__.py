@@ -9,7 +9,7 @@ converges *linearly*: ``L(t) ≈ L₀ e^{−r t}``. This module runs that step
 exactly, seed by seed:
 
 1. **Select** (`select_experts`): for every teacher expert j keep one student
-   expert, by a rule in `RULES`; distinct teachers get distinct students
+   expert, by a rule in `SELECTION_RULES`; distinct teachers get distinct students
    (`greedy_match`).
 2. **Fine-tune**: the pruned student (m = m*, same coordinates as the run) is
    trained by gradient flow on the exact population loss,
@@ -55,7 +55,7 @@ from ._defaults import (
     DEFAULT_NUM_TIMES,
     DEFAULT_RTOL,
     DEFAULT_T_MAX,
-    RULES,
+    SELECTION_RULES,
     STRONG_CONVEXITY_TOLERANCE,
 )
 from ._experiment import PruneResult, prune
@@ -71,7 +71,7 @@ __all__ = [
     "DEFAULT_T_MAX",
     "STRONG_CONVEXITY_TOLERANCE",
     "check_rule",
-    "RULES",
+    "SELECTION_RULES",
     "PruneResult",
     "Selection",
     "LinearFit",

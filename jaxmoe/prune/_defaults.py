@@ -1,7 +1,7 @@
 """Defaults of the pruning experiment (the selection rules, the fine-tuning, the rate fit)."""
 
 # How a student expert is chosen for each teacher expert (see `select_experts`).
-RULES = ("best", "threshold", "contribution")
+SELECTION_RULES = ("best", "threshold", "contribution")
 
 # Fine-tuning defaults: tolerances tight enough that the solver's error stays
 # below the loss down to the float64 floor (L ≈ 1e-12 means |δθ| ≈ 1e-6, and

@@ -12,15 +12,15 @@ import numpy as np
 from ..model import MoE
 from ..population import expert_kernel
 from ..results import Result
-from ._defaults import RULES
+from ._defaults import SELECTION_RULES
 
 # ---------------------------------------------------------------------------
 # 1. Selection
 
 
 def check_rule(rule: str, threshold: float) -> None:
-    if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}; allowed: {', '.join(RULES)}")
+    if rule not in SELECTION_RULES:
+        raise ValueError(f"unknown rule {rule!r}; allowed: {', '.join(SELECTION_RULES)}")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
         raise ValueError(f"threshold must be a number in (0, 1); got {threshold!r}")
 
@@ -148,7 +148,7 @@ def select_experts(result: Result, *, rule: str = "best", threshold: float = 0.9
       router: an expert aligned with w*_j behind a misaligned router
       contributes less.
 
-    **Arguments:** a finished `Result`; `rule`, one of `RULES`; `threshold`
+    **Arguments:** a finished `Result`; `rule`, one of `SELECTION_RULES`; `threshold`
     in (0, 1), used by rule ``"threshold"``.
 
     **Returns:** a `Selection`, arrays ``(S, m*)``.

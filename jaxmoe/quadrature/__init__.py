@@ -112,7 +112,7 @@ from __future__ import annotations
 from ._common import NODE_BLOCK, blockwise, expert_vectors, gate_vectors, is_polynomial, rule_degree
 from ._conditional import conditional_loss
 from ._dispatch import CONDITIONAL_ERROR, is_exact, loss_on_nodes, loss_rule, mixture_loss, rule_nodes, stated_error, uses_pair_kernel
-from ._nodes import CONDITIONAL_NODES, MAX_GAUSS_HERMITE_DIM, QMC_NODES, RULES, SOBOL_SEED, SPREAD, gaussian_nodes
+from ._nodes import CONDITIONAL_NODES, LOSS_RULES, MAX_GAUSS_HERMITE_DIM, QMC_NODES, SOBOL_SEED, SPREAD, gaussian_nodes
 from ._qmc import quasi_monte_carlo_loss
 from ._reference import mixture_loss_monte_carlo
 
@@ -140,5 +140,5 @@ __all__ = [
     "loss_on_nodes",
     "is_exact",
     "uses_pair_kernel",
-    "RULES",
+    "LOSS_RULES",
 ]

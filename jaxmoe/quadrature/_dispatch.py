@@ -41,7 +41,7 @@ def uses_pair_kernel(student: Mixture, teacher: Mixture) -> bool:
 
 
 def loss_rule(student: Mixture, teacher: Mixture) -> str:
-    """Which rule `mixture_loss` uses for this pair of families: one of `RULES`.
+    """Which rule `mixture_loss` uses for this pair of families: one of `LOSS_RULES`.
 
     ``"exact"`` (`is_exact`), ``"pair kernel"`` (`uses_pair_kernel`),
     ``"conditional"`` (He or linear experts on both sides, any gates:
@@ -153,7 +153,7 @@ def loss_on_nodes(student: Mixture, teacher: Mixture, points, weights, *, t=None
     raise ValueError(f"the {rule!r} rule has no nodes")
 
 
-def mixture_loss(student: Model, teacher: Model, *, t=None, nodes: int | None = None) -> Scalar:
+def mixture_loss(student: Model, teacher: Model, t=None, *, nodes: int | None = None) -> Scalar:
     """The population loss ``½ E[(f_student − f_teacher)²]`` by the best rule for the families.
 
     Dispatches by `loss_rule`: the exact kernel, the pair kernel, the
@@ -174,9 +174,10 @@ def mixture_loss(student: Model, teacher: Model, *, t=None, nodes: int | None = 
 
     **Returns:** a scalar.
 
-    This is the one place that picks the loss rule: `jaxmoe.models.model_loss`
-    (what the simulator calls) is this function, and a pair of `jaxmoe.MoE`
-    goes straight to the exact kernel without any conversion.
+    This is the one place that picks the loss rule, and the loss the
+    simulator (flow, discrete training, observables) calls for any pair of
+    models; a pair of `jaxmoe.MoE` goes straight to the exact kernel without
+    any conversion.
 
     **Raises:** `TypeError` for models that are not `jaxmoe.base.Model`
     instances, `ValueError` for batched arrays or different D.

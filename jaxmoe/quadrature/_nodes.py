@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-RULES = ("exact", "pair kernel", "conditional", "quasi-monte carlo")
+LOSS_RULES = ("exact", "pair kernel", "conditional", "quasi-monte carlo")
 
 # Node budget of the conditional rule (over the n_g gate coordinates) and of
 # the quasi-Monte Carlo rule (over all coordinates).

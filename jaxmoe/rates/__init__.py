@@ -84,7 +84,7 @@ whole grid and replicate r at n is the same draw whatever the grid.
 
 from __future__ import annotations
 
-from ._config import DEFAULT_SETTINGS, DTYPES, LIKELIHOODS, OPTIMIZERS, SETTINGS, RatesConfig, Setting, num_parameters
+from ._config import DEFAULT_SETTINGS, DTYPES, FIT_OPTIMIZERS, LIKELIHOODS, SETTINGS, RatesConfig, Setting, num_parameters
 from ._experiment import RateFit, RatesResult, rates
 from ._model import fit_student, objective, parameter_loss, sample, teacher_parameters
 from ._report import format_table, load_rates, plot_rates, write_rates
@@ -93,7 +93,7 @@ __all__ = [
     "DEFAULT_SETTINGS",
     "DTYPES",
     "LIKELIHOODS",
-    "OPTIMIZERS",
+    "FIT_OPTIMIZERS",
     "SETTINGS",
     "Setting",
     "RatesConfig",

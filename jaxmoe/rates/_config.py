@@ -10,7 +10,7 @@ import numpy as np
 from ..families import Expert, Gate, as_expert, as_gate, check_positive, is_int
 
 LIKELIHOODS = ("ls", "mle")
-OPTIMIZERS = ("lbfgs", "adam")
+FIT_OPTIMIZERS = ("lbfgs", "adam")
 DTYPES = ("float64", "float32")
 CHUNK = 1024  # samples per PRNG key (the `jaxmoe.rates` docstring: draws independent of the grid)
 
@@ -183,8 +183,8 @@ class RatesConfig:
             check_positive(name, getattr(self, name))
         if not isinstance(self.sigma_floor, (int, float)) or isinstance(self.sigma_floor, bool) or not 0 <= self.sigma_floor < 1:
             raise ValueError(f"sigma_floor must be a number in [0, 1) (a fraction of noise); got {self.sigma_floor!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
+        if self.optimizer not in FIT_OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(FIT_OPTIMIZERS)}; got {self.optimizer!r}")
         if self.likelihood is not None and self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)} (or None: each setting's own); "
                              f"got {self.likelihood!r}")
