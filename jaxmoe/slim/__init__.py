@@ -34,7 +34,7 @@ From the command line: ``jaxmoe slim RUN --schedule 4,2 --alpha 0,1 --t-max 50``
 from __future__ import annotations
 
 from ._distill import distill, distillation_loss
-from ._experiment import SlimResult, SlimRun, Stage, one_shot_baselines, slim, start_point
+from ._experiment import SlimResult, SlimRun, Stage, one_shot_baselines, plan, slim, start_point
 from ._report import baseline_of, format_slim_table, load_slim, plot_slim, save_slim, slim_csv
 from ._schedule import AXES, check_alpha, check_axis, check_schedule, parse_at, parse_schedule
 from ._selection import (
@@ -74,6 +74,7 @@ __all__ = [
     "one_shot_baselines",
     "parse_at",
     "parse_schedule",
+    "plan",
     "plot_slim",
     "rank_experts",
     "save_slim",

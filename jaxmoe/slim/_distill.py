@@ -87,9 +87,7 @@ def _compiled(alpha: float, rtol: float, atol: float, max_steps: int):
             saveat=saveat,
             # The controller of the project's flow (`jaxmoe.flow`): dtmin turns a
             # collapse of the step size (a non-finite state) into a prompt stop.
-            stepsize_controller=diffrax.PIDController(
-                rtol=rtol, atol=atol, pcoeff=0.3, icoeff=0.3, dtmin=1e-12 * times[-1]
-            ),
+            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=0.3, icoeff=0.3, dtmin=1e-12 * times[-1]),
             max_steps=max_steps,
             throw=False,
         )
@@ -158,5 +156,10 @@ def distill(
     solve = _compiled(alpha, float(rtol), float(atol), int(max_steps))
     loss, final, status, steps = solve(student, teacher, previous, jnp.asarray(times, dtype))
     loss, final, status, steps = jax.device_get((loss, final, status, steps))
-    return {"times": times, "loss": np.asarray(loss), "student": final, "status": np.asarray(status).astype(np.int8),
-            "num_steps": np.asarray(steps).astype(np.int64)}
+    return {
+        "times": times,
+        "loss": np.asarray(loss),
+        "student": final,
+        "status": np.asarray(status).astype(np.int8),
+        "num_steps": np.asarray(steps).astype(np.int64),
+    }

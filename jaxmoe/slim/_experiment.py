@@ -18,7 +18,7 @@ from ._distill import distill
 from ._schedule import check_alpha, check_axis, check_schedule
 from ._selection import FILLS, check_family, keep_experts, keep_hidden, select_experts_k
 
-__all__ = ["Stage", "SlimRun", "SlimResult", "start_point", "slim", "one_shot_baselines"]
+__all__ = ["Stage", "SlimRun", "SlimResult", "start_point", "plan", "slim", "one_shot_baselines"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +34,7 @@ class Stage:
       `loss_trained` (S,): after the stage's training; `times` (T,) and
       `loss` (S, T): the training curve (time from this stage's start).
     - `status`, `num_steps` (S,): the solver's outcome per seed; `wall_time_s`.
+    - `student`: the trained model at the stage's end (seed axis).
     """
 
     size: int
@@ -47,6 +48,7 @@ class Stage:
     status: np.ndarray
     num_steps: np.ndarray
     wall_time_s: float
+    student: Model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,13 +150,8 @@ def start_point(result: Result, at=None, *, epsilon: float = 0.05, progress: boo
     if at is None:
         return teacher, student, seeds, np.asarray(result.t_final, float)
     if isinstance(at, tuple):
-        k = at[1]
-        if not 1 <= k <= result.config.m_star:
-            raise ValueError(f"--at recovered:K needs K in 1..m* = 1..{result.config.m_star}; got {k}")
-        when = kth_recoveries(result, epsilon)[:, k - 1]
+        when = _recovery_times(result, at[1], epsilon)
         seeds = np.flatnonzero(np.isfinite(when))
-        if seeds.size == 0:
-            raise ValueError(f"no seed of the run recovers {k} teacher experts (alignment ≥ {1 - epsilon:g})")
         when = when[seeds]
     else:
         when = np.full(result.num_seeds, float(at))
@@ -163,12 +160,49 @@ def start_point(result: Result, at=None, *, epsilon: float = 0.05, progress: boo
     students = []
     for s, t in zip(seeds, when):
         one = jax.tree_util.tree_map(lambda x, s=s: x[s : s + 1], (teacher0, student0))
-        run = simulate(config.replace(t_max=float(t)), initial=one, seed_index=result.seed_index[s : s + 1],
-                       progress=progress)
+        run = simulate(config.replace(t_max=float(t)), initial=one, seed_index=result.seed_index[s : s + 1], progress=progress)
         students.append(run.models("final")[1])
     student = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *students)
     teacher = jax.tree_util.tree_map(lambda x: x[seeds], teacher)
     return teacher, student, seeds, np.asarray(when, float)
+
+
+def plan(result: Result, schedules, *, axis: str = "experts", at=None, epsilon: float = 0.05) -> list[tuple[int, ...]]:
+    """Every check `slim` makes before it computes anything; the schedules it will run.
+
+    **Returns:** the stages of each schedule (`check_schedule`) with the
+    one-shot baselines added (`one_shot_baselines`).
+
+    **Raises:** `ValueError` (one line) for an unknown axis, a family the axis
+    does not support (`check_family`), a bad schedule, or a start point
+    ``("recovered", K)`` with K outside 1..m* or reached by no seed.
+    """
+    check_axis(axis)
+    teacher, student = result.models("final")
+    check_family(teacher, student, axis)
+    if axis == "experts":
+        size, smallest, what = result.config.m, result.config.m_star, "experts"
+    else:
+        size = student.expert_fn.hidden
+        smallest = teacher.expert_fn.hidden if teacher.expert_fn.name == "mlp" else 1
+        what = "hidden units"
+    schedules = list(schedules)
+    if not schedules:
+        raise ValueError("give at least one schedule")
+    checked = one_shot_baselines(check_schedule(s, size, smallest, what) for s in schedules)
+    if isinstance(at, tuple):
+        _recovery_times(result, at[1], epsilon)
+    return checked
+
+
+def _recovery_times(result: Result, k: int, epsilon: float) -> np.ndarray:
+    """Per seed, when its k-th teacher expert is recovered (inf: never); refuses k outside 1..m* or no seed."""
+    if not 1 <= k <= result.config.m_star:
+        raise ValueError(f"--at recovered:K needs K in 1..m* = 1..{result.config.m_star}; got {k}")
+    when = kth_recoveries(result, epsilon)[:, k - 1]
+    if not np.isfinite(when).any():
+        raise ValueError(f"no seed of the run recovers {k} teacher experts (alignment ≥ {1 - epsilon:g})")
+    return when
 
 
 def one_shot_baselines(schedules) -> list[tuple[int, ...]]:
@@ -235,7 +269,6 @@ def slim(
         [run.label for run in out.runs]       # ['2 α=0', '2 α=1', '4→2 α=0', '4→2 α=1']
         out.runs[0].loss_final                # (S,) one-shot, distilled from the unpruned student
     """
-    check_axis(axis)
     check_rule(rule, threshold)
     if fill not in FILLS:
         raise ValueError(f"unknown fill {fill!r}; allowed: {', '.join(FILLS)}")
@@ -244,30 +277,37 @@ def slim(
         raise ValueError("give at least one alpha")
     if not np.isfinite(t_max) or t_max <= 0:
         raise ValueError(f"t_max must be a finite number > 0; got {t_max!r}")
-    teacher, student = result.models("final")
-    check_family(teacher, student, axis)
-    if axis == "experts":
-        size, smallest, what = result.config.m, result.config.m_star, "experts"
-    else:
-        size = student.expert_fn.hidden
-        smallest = teacher.expert_fn.hidden if teacher.expert_fn.name == "mlp" else 1
-        what = "hidden units"
-    schedules = one_shot_baselines(check_schedule(s, size, smallest, what) for s in schedules)
+    schedules = plan(result, schedules, axis=axis, at=at, epsilon=epsilon)
     solver = dict(num_times=num_times, rtol=rtol, atol=atol, max_steps=max_steps)
     # Pruned students start from converged ones, whose loss reaches 1e-12: float64 throughout.
     with jax.enable_x64(True):
         teacher, student, seeds, t_start = start_point(result, at, epsilon=epsilon, progress=progress)
         teacher, student = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), (teacher, student))
         loss_start = np.asarray(_batched_loss(student, teacher))
-        runs = [_run(teacher, student, schedule, alpha, t_max / len(schedule), axis, (rule, fill), solver)
-                for schedule in schedules for alpha in alphas]
+        runs = [
+            _run(teacher, student, schedule, alpha, t_max / len(schedule), axis, (rule, fill), solver) for schedule in schedules for alpha in alphas
+        ]
     start = "end" if at is None else (f"recovered:{at[1]}" if isinstance(at, tuple) else f"t={at:g}")
     return SlimResult(
-        config=result.config, seed_index=result.seed_index[seeds],
-        skipped=np.setdiff1d(result.seed_index, result.seed_index[seeds]), t_start=t_start, loss_start=loss_start,
-        start=start, axis=axis, rule=rule, runs=tuple(runs),
-        settings={"t_max": float(t_max), "fill": fill, "threshold": float(threshold), "epsilon": float(epsilon),
-                  "num_times": int(num_times), "rtol": float(rtol), "atol": float(atol), "max_steps": int(max_steps)},
+        config=result.config,
+        seed_index=result.seed_index[seeds],
+        skipped=np.setdiff1d(result.seed_index, result.seed_index[seeds]),
+        t_start=t_start,
+        loss_start=loss_start,
+        start=start,
+        axis=axis,
+        rule=rule,
+        runs=tuple(runs),
+        settings={
+            "t_max": float(t_max),
+            "fill": fill,
+            "threshold": float(threshold),
+            "epsilon": float(epsilon),
+            "num_times": int(num_times),
+            "rtol": float(rtol),
+            "atol": float(atol),
+            "max_steps": int(max_steps),
+        },
     )
 
 
@@ -283,12 +323,22 @@ def _run(teacher, start, schedule, alpha, budget, axis, selection, solver) -> Sl
             pruned, kept = keep_hidden(previous, size)
             matched = np.full((kept.shape[0], m_star), np.nan)
         out = distill(teacher, previous, pruned, alpha=alpha, t_max=budget, **solver)
-        stages.append(Stage(
-            size=int(size), budget=float(budget), kept=kept, matched_score=matched, loss_pruned=out["loss"][:, 0],
-            loss_trained=out["loss"][:, -1], times=out["times"], loss=out["loss"], status=out["status"],
-            num_steps=out["num_steps"], wall_time_s=time.perf_counter() - begin,
-        ))
+        stages.append(
+            Stage(
+                size=int(size),
+                budget=float(budget),
+                kept=kept,
+                matched_score=matched,
+                loss_pruned=out["loss"][:, 0],
+                loss_trained=out["loss"][:, -1],
+                times=out["times"],
+                loss=out["loss"],
+                status=out["status"],
+                num_steps=out["num_steps"],
+                wall_time_s=time.perf_counter() - begin,
+                student=out["student"],
+            )
+        )
         previous = out["student"]
     alignment = np.asarray(_batched_alignment(previous, teacher))
-    return SlimRun(schedule=tuple(schedule), alpha=float(alpha), stages=tuple(stages), student=previous,
-                   best_alignment=np.max(alignment, axis=1))
+    return SlimRun(schedule=tuple(schedule), alpha=float(alpha), stages=tuple(stages), student=previous, best_alignment=np.max(alignment, axis=1))

@@ -13,8 +13,8 @@ import jax
 import numpy as np
 
 from ..models import model_arrays
+from ..plot import colors, figure, write_png
 from ..prune import DEFAULT_FLOOR
-from ..plot import figure, write_png
 from ..results import STATUS_NAMES, write_atomic
 from ._experiment import SlimResult, SlimRun
 
@@ -50,8 +50,19 @@ def format_slim_table(out: SlimResult, epsilon: float | None = None) -> str:
     the training time; wall seconds; seeds whose solver failed.
     """
     epsilon = out.settings["epsilon"] if epsilon is None else epsilon
-    head = ["schedule", "α", "L after each pruning (median)", "L final median [q1, q3]", "min align", "recovered",
-            "÷ one-shot", "lower", "time", "wall s", "failed"]
+    head = [
+        "schedule",
+        "α",
+        "L after each pruning (median)",
+        "L final median [q1, q3]",
+        "min align",
+        "recovered",
+        "÷ one-shot",
+        "lower",
+        "time",
+        "wall s",
+        "failed",
+    ]
     rows = []
     for run in out.runs:
         base = baseline_of(out, run)
@@ -61,14 +72,21 @@ def format_slim_table(out: SlimResult, epsilon: float | None = None) -> str:
         ratio = mine / theirs
         lower = int(np.sum(mine < theirs))
         worst = np.min(run.best_alignment, axis=1)
-        rows.append([
-            "→".join(str(s) for s in run.schedule), f"{run.alpha:g}",
-            " / ".join(f"{np.nanmedian(v):.3g}" for v in run.loss_pruned.T),
-            f"{med:.3e} [{q1:.2e}, {q3:.2e}]", f"{np.nanmedian(worst):.4f}",
-            f"{int(np.sum(worst >= 1 - epsilon))}/{worst.size}",
-            "—" if run is base else f"{np.nanmedian(ratio):.3g}", "—" if run is base else f"{lower}/{ratio.size}",
-            f"{run.training_time:g}", f"{run.wall_time_s:.1f}", str(int(np.sum(run.status != 0))),
-        ])
+        rows.append(
+            [
+                "→".join(str(s) for s in run.schedule),
+                f"{run.alpha:g}",
+                " / ".join(f"{np.nanmedian(v):.3g}" for v in run.loss_pruned.T),
+                f"{med:.3e} [{q1:.2e}, {q3:.2e}]",
+                f"{np.nanmedian(worst):.4f}",
+                f"{int(np.sum(worst >= 1 - epsilon))}/{worst.size}",
+                "—" if run is base else f"{np.nanmedian(ratio):.3g}",
+                "—" if run is base else f"{lower}/{ratio.size}",
+                f"{run.training_time:g}",
+                f"{run.wall_time_s:.1f}",
+                str(int(np.sum(run.status != 0))),
+            ]
+        )
     widths = [max(len(h), *(len(r[c]) for r in rows)) for c, h in enumerate(head)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
@@ -83,9 +101,11 @@ def slim_csv(out: SlimResult) -> str:
     """
     stages = max(len(r.stages) for r in out.runs)
     m_star = out.runs[0].best_alignment.shape[1]
-    head = (["schedule", "alpha", "seed", "t_start", "loss_start", "loss_final", "status", "training_time", "wall_time_s"]
-            + [f"{w}_{k + 1}" for k in range(stages) for w in ("pruned", "trained")]
-            + [f"best_alignment_{j + 1}" for j in range(m_star)])
+    head = (
+        ["schedule", "alpha", "seed", "t_start", "loss_start", "loss_final", "status", "training_time", "wall_time_s"]
+        + [f"{w}_{k + 1}" for k in range(stages) for w in ("pruned", "trained")]
+        + [f"best_alignment_{j + 1}" for j in range(m_star)]
+    )
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(head)
@@ -94,12 +114,21 @@ def slim_csv(out: SlimResult) -> str:
         for s, seed in enumerate(out.seed_index):
             cells = []
             for k in range(stages):
-                cells += ([f(run.loss_pruned[s, k]), f(run.loss_trained[s, k])] if k < len(run.stages) else ["", ""])
+                cells += [f(run.loss_pruned[s, k]), f(run.loss_trained[s, k])] if k < len(run.stages) else ["", ""]
             writer.writerow(
-                ["-".join(str(v) for v in run.schedule), f"{run.alpha:g}", int(seed), f"{out.t_start[s]:.6g}",
-                 f(out.loss_start[s]), f(run.loss_final[s]), STATUS_NAMES[int(run.status[s])],
-                 f"{run.training_time:g}", f"{run.wall_time_s:.3f}"]
-                + cells + [f"{a:.6f}" for a in run.best_alignment[s]]
+                [
+                    "-".join(str(v) for v in run.schedule),
+                    f"{run.alpha:g}",
+                    int(seed),
+                    f"{out.t_start[s]:.6g}",
+                    f(out.loss_start[s]),
+                    f(run.loss_final[s]),
+                    STATUS_NAMES[int(run.status[s])],
+                    f"{run.training_time:g}",
+                    f"{run.wall_time_s:.3f}",
+                ]
+                + cells
+                + [f"{a:.6f}" for a in run.best_alignment[s]]
             )
     return buffer.getvalue()
 
@@ -117,7 +146,6 @@ def plot_slim(out: SlimResult, ax=None):
     fig, ax = figure(ax, ncols=len(alphas), figsize=(4.8 * len(alphas), 4.2), sharey=True, squeeze=False)
     ax = ax[0]
     schedules = list(dict.fromkeys(r.schedule for r in out.runs))
-    from ..plot import colors
 
     palette = dict(zip(schedules, colors(len(schedules))))
     for a, alpha in zip(ax, alphas):
@@ -127,21 +155,22 @@ def plot_slim(out: SlimResult, ax=None):
             with np.errstate(all="ignore"):
                 q1, med, q3 = (np.nanpercentile(loss, q, axis=0) for q in (25, 50, 75))
             color = palette[run.schedule]
-            a.plot(times, med, color=color, lw=1.5, label="→".join(str(s) for s in run.schedule)
-                   + (" (one-shot)" if run.one_shot else ""))
+            a.plot(times, med, color=color, lw=1.5, label="→".join(str(s) for s in run.schedule) + (" (one-shot)" if run.one_shot else ""))
             a.fill_between(times, q1, q3, color=color, alpha=0.15, lw=0)
             pruned = np.where(run.loss_pruned > 0, run.loss_pruned, np.nan)
             a.plot(run.prune_times(), np.nanmedian(pruned, axis=0), "o", color=color, ms=4)
         a.set_yscale("log")
         a.set_xlabel("cumulative training time (pruning instants: dots)")
-        a.set_title(f"α = {alpha:g} ({'teacher only' if alpha == 1 else 'distillation only' if alpha == 0 else 'mixed'})",
-                    fontsize=9)
+        a.set_title(f"α = {alpha:g} ({'teacher only' if alpha == 1 else 'distillation only' if alpha == 0 else 'mixed'})", fontsize=9)
         a.grid(alpha=0.3, which="both")
         a.legend(fontsize=7)
     ax[0].set_ylabel("population loss against the teacher")
     config = out.config
-    fig.suptitle(f"d = {config.d}, m = {config.m}, m* = {config.m_star}, expert {config.expert}; slimming "
-                 f"{out.axis} from {out.start}, rule {out.rule}; medians of {out.seed_index.size} seeds", fontsize=9)
+    fig.suptitle(
+        f"d = {config.d}, m = {config.m}, m* = {config.m_star}, expert {config.expert}; slimming "
+        f"{out.axis} from {out.start}, rule {out.rule}; medians of {out.seed_index.size} seeds",
+        fontsize=9,
+    )
     return fig
 
 
@@ -154,24 +183,38 @@ def save_slim(out: SlimResult, folder: str | os.PathLike, *, source: str | None 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     header = {
-        "format": FORMAT, "version": VERSION, "source": source, "config": out.config.to_dict(), "start": out.start,
-        "axis": out.axis, "rule": out.rule, "settings": out.settings,
-        "runs": [{"label": r.label, "schedule": list(r.schedule), "alpha": r.alpha, "training_time": r.training_time,
-                  "wall_time_s": r.wall_time_s} for r in out.runs],
-        "jax": jax.__version__, "device": jax.devices()[0].device_kind,
+        "format": FORMAT,
+        "version": VERSION,
+        "source": source,
+        "config": out.config.to_dict(),
+        "start": out.start,
+        "axis": out.axis,
+        "rule": out.rule,
+        "settings": out.settings,
+        "runs": [
+            {"label": r.label, "schedule": list(r.schedule), "alpha": r.alpha, "training_time": r.training_time, "wall_time_s": r.wall_time_s}
+            for r in out.runs
+        ],
+        "jax": jax.__version__,
+        "device": jax.devices()[0].device_kind,
     }
-    arrays = {"seed_index": out.seed_index, "skipped": out.skipped.astype(np.int64), "t_start": out.t_start,
-              "loss_start": out.loss_start}
+    arrays = {"seed_index": out.seed_index, "skipped": out.skipped.astype(np.int64), "t_start": out.t_start, "loss_start": out.loss_start}
     for r, run in enumerate(out.runs):
         times, loss = run.curve()
-        arrays.update({
-            f"r{r}_schedule": np.asarray(run.schedule, np.int64), f"r{r}_alpha": np.asarray(run.alpha),
-            f"r{r}_curve_times": times, f"r{r}_curve_loss": loss, f"r{r}_prune_times": run.prune_times(),
-            f"r{r}_loss_pruned": run.loss_pruned, f"r{r}_loss_trained": run.loss_trained,
-            f"r{r}_status": np.stack([s.status for s in run.stages], axis=1),
-            f"r{r}_num_steps": np.stack([s.num_steps for s in run.stages], axis=1),
-            f"r{r}_best_alignment": run.best_alignment,
-        })
+        arrays.update(
+            {
+                f"r{r}_schedule": np.asarray(run.schedule, np.int64),
+                f"r{r}_alpha": np.asarray(run.alpha),
+                f"r{r}_curve_times": times,
+                f"r{r}_curve_loss": loss,
+                f"r{r}_prune_times": run.prune_times(),
+                f"r{r}_loss_pruned": run.loss_pruned,
+                f"r{r}_loss_trained": run.loss_trained,
+                f"r{r}_status": np.stack([s.status for s in run.stages], axis=1),
+                f"r{r}_num_steps": np.stack([s.num_steps for s in run.stages], axis=1),
+                f"r{r}_best_alignment": run.best_alignment,
+            }
+        )
         for k, stage in enumerate(run.stages):
             arrays[f"r{r}_kept{k}"] = stage.kept
             arrays[f"r{r}_matched_score{k}"] = stage.matched_score

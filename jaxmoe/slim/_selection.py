@@ -51,8 +51,18 @@ from ..models import ALIGNMENT_NODES, Model, expert_alignment
 from ..population import expert_kernel
 from ..prune import RULES, greedy_match
 
-__all__ = ["FILLS", "expert_gram", "expert_scores", "rank_experts", "closest_fill", "select_experts_k", "keep_experts", "hidden_norms", "keep_hidden",
-           "check_family"]
+__all__ = [
+    "FILLS",
+    "expert_gram",
+    "expert_scores",
+    "rank_experts",
+    "closest_fill",
+    "select_experts_k",
+    "keep_experts",
+    "hidden_norms",
+    "keep_hidden",
+    "check_family",
+]
 
 EVEN_EXPERTS = ("he2", "he4")
 # How the places beyond the one-per-teacher match are filled (module docstring).
@@ -178,9 +188,7 @@ def rank_experts(score: np.ndarray) -> np.ndarray:
     return np.concatenate([matched, rest[np.argsort(-best, kind="stable")]]).astype(np.int64)
 
 
-def select_experts_k(
-    teacher: Model, student: Model, k: int, rule: str = "best", fill: str = "closest"
-) -> tuple[np.ndarray, np.ndarray]:
+def select_experts_k(teacher: Model, student: Model, k: int, rule: str = "best", fill: str = "closest") -> tuple[np.ndarray, np.ndarray]:
     """The k experts each seed keeps, ``(S, k)``, and the score of each teacher's matched expert, ``(S, m*)``.
 
     One expert per teacher by `rule` (as `jaxmoe.prune.select_experts`), the
@@ -205,8 +213,7 @@ def keep_experts(model: Model, kept: np.ndarray) -> Model:
     take = lambda x: None if x is None else jnp.asarray(np.asarray(x)[rows, kept])
     if isinstance(model, MoE):
         return MoE(take(model.router), take(model.expert), model.gate, model.expert_fn)
-    return Mixture(take(model.router), take(model.expert), model.group_router, take(model.bias), take(model.output),
-                   model.gate, model.expert_fn)
+    return Mixture(take(model.router), take(model.expert), model.group_router, take(model.bias), take(model.output), model.gate, model.expert_fn)
 
 
 def hidden_norms(model: Mixture) -> np.ndarray:
@@ -224,6 +231,5 @@ def keep_hidden(model: Mixture, width: int) -> tuple[Mixture, np.ndarray]:
     expert = np.take_along_axis(np.asarray(model.expert), kept[..., None], axis=2)
     output = np.take_along_axis(np.asarray(model.output), kept, axis=2)
     spec = Expert("mlp", hidden=int(width), activation=model.expert_fn.activation)
-    slim = Mixture(jnp.asarray(model.router), jnp.asarray(expert), model.group_router, model.bias, jnp.asarray(output),
-                   model.gate, spec)
+    slim = Mixture(jnp.asarray(model.router), jnp.asarray(expert), model.group_router, model.bias, jnp.asarray(output), model.gate, spec)
     return slim, kept
