@@ -8,7 +8,19 @@ from pathlib import Path
 
 from ..prune import DEFAULT_ATOL, DEFAULT_RTOL, RULES, check_rule
 from ..results import load
-from ..slim import AXES, FILLS, check_alpha, check_axis, format_slim_table, parse_at, parse_schedule, plan, save_slim, slim
+from ..slim import (
+    AXES,
+    FILLS,
+    check_alpha,
+    check_axis,
+    first_seeds,
+    format_slim_table,
+    parse_at,
+    parse_schedule,
+    plan,
+    save_slim,
+    slim,
+)
 from ._flags import UsageError, claim_folder, use_float64
 
 
@@ -46,6 +58,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--rule", default="best", help=f"one expert per teacher by {', '.join(RULES)} (default %(default)s)")
     p.add_argument("--threshold", type=float, default=0.9, help="for rule threshold, in (0, 1) (default %(default)s)")
     p.add_argument("--fill", default="closest", help=f"the other kept experts at intermediate sizes: {', '.join(FILLS)} (default %(default)s)")
+    p.add_argument("--seeds", type=int, default=None, help="slim only the run's first N seeds (default: all)")
     p.add_argument("--t-max", type=float, default=200.0, help="total training time of a schedule (default %(default)s)")
     p.add_argument("--num-times", type=int, default=51, help="saved times per stage (default %(default)s)")
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help="relative tolerance (default %(default)s)")
@@ -77,6 +90,8 @@ def _check(args):
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0; got {value!r}")
     if args.epsilon >= 1:
         raise ValueError(f"--epsilon must be in (0, 1); got {args.epsilon!r}")
+    if args.seeds is not None and args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1; got {args.seeds}")
     if args.num_times < 2 or args.max_steps < 1:
         raise ValueError("--num-times must be at least 2 and --max-steps at least 1")
     schedules = [parse_schedule(s) for s in args.schedule] if args.schedule else None
@@ -98,6 +113,8 @@ def run(args) -> int:
     try:
         schedules, alphas, at, out = _check(args)
         result = load(run_folder)
+        if args.seeds is not None:
+            result = first_seeds(result, args.seeds)
         config = result.config
         if schedules is None:
             schedules = [(config.m_star,)]

@@ -34,7 +34,7 @@ From the command line: ``jaxmoe slim RUN --schedule 4,2 --alpha 0,1 --t-max 50``
 from __future__ import annotations
 
 from ._distill import distill, distillation_loss
-from ._experiment import SlimResult, SlimRun, Stage, one_shot_baselines, plan, slim, start_point
+from ._experiment import SlimResult, SlimRun, Stage, first_seeds, one_shot_baselines, plan, slim, start_point
 from ._report import baseline_of, format_slim_table, load_slim, plot_slim, save_slim, slim_csv
 from ._schedule import AXES, check_alpha, check_axis, check_schedule, parse_at, parse_schedule
 from ._selection import (
@@ -66,6 +66,7 @@ __all__ = [
     "distillation_loss",
     "expert_gram",
     "expert_scores",
+    "first_seeds",
     "format_slim_table",
     "hidden_norms",
     "keep_experts",

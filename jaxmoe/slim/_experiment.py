@@ -18,7 +18,7 @@ from ._distill import distill
 from ._schedule import check_alpha, check_axis, check_schedule
 from ._selection import FILLS, check_family, keep_experts, keep_hidden, select_experts_k
 
-__all__ = ["Stage", "SlimRun", "SlimResult", "start_point", "plan", "slim", "one_shot_baselines"]
+__all__ = ["Stage", "SlimRun", "SlimResult", "first_seeds", "start_point", "plan", "slim", "one_shot_baselines"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +203,16 @@ def _recovery_times(result: Result, k: int, epsilon: float) -> np.ndarray:
     if not np.isfinite(when).any():
         raise ValueError(f"no seed of the run recovers {k} teacher experts (alignment ≥ {1 - epsilon:g})")
     return when
+
+
+def first_seeds(result: Result, n: int) -> Result:
+    """The run restricted to its first `n` seeds (all of them if it has fewer)."""
+    n = min(int(n), result.num_seeds)
+    per_seed = {
+        f.name: getattr(result, f.name) for f in dataclasses.fields(Result) if isinstance(getattr(result, f.name), np.ndarray) and f.name != "times"
+    }
+    extra = {name: value[:n] for name, value in result.extra.items()}
+    return dataclasses.replace(result, extra=extra, **{name: value[:n] for name, value in per_seed.items()})
 
 
 def one_shot_baselines(schedules) -> list[tuple[int, ...]]:
