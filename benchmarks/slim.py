@@ -75,11 +75,15 @@ def run_cells(args) -> list[tuple[str, str, str, Path]]:
     for name in args.settings:
         setting = SETTINGS[name]
         run = args.runs / name / "run"
-        if not (run / "result.npz").exists():
+        if not (run / "result.npz").exists() and not args.table_only:
             command(args, "simulate", *setting["simulate"], "--seeds", str(args.seeds), "--out", str(run), "--quiet")
-        for start in setting["starts"]:
+        for start in args.starts or setting["starts"]:
             for alpha in args.alphas:
                 out = args.runs / name / start.replace(":", "") / f"alpha{alpha}"
+                if args.table_only:
+                    if (out / "slim.npz").exists():
+                        cells.append((name, start, alpha, out))
+                    continue
                 if not (out / "slim.npz").exists():
                     command(
                         args,
@@ -153,7 +157,10 @@ def main_(argv=None) -> int:
     p.add_argument("--budget", type=float, default=100.0)
     p.add_argument("--rtol", type=float, default=1e-8)
     p.add_argument("--atol", type=float, default=1e-10)
+    p.add_argument("--starts", default=None, help="start points instead of each setting's own, comma-separated")
+    p.add_argument("--table-only", action="store_true", help="tabulate the finished cells, run nothing")
     args = p.parse_args(argv)
+    args.starts = args.starts.split(",") if args.starts else None
     args.settings = args.settings.split(",")
     args.alphas = args.alphas.split(",")
     start = time.perf_counter()
