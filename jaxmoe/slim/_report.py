@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -152,13 +153,14 @@ def plot_slim(out: SlimResult, ax=None):
         for run in (r for r in out.runs if r.alpha == alpha):
             times, loss = run.curve()
             loss = np.where(loss > 0, loss, np.nan)
-            with np.errstate(all="ignore"):
+            with warnings.catch_warnings():  # exact zeros (NaN on a log axis) leave whole columns empty
+                warnings.simplefilter("ignore", RuntimeWarning)
                 q1, med, q3 = (np.nanpercentile(loss, q, axis=0) for q in (25, 50, 75))
+                pruned = np.nanmedian(np.where(run.loss_pruned > 0, run.loss_pruned, np.nan), axis=0)
             color = palette[run.schedule]
             a.plot(times, med, color=color, lw=1.5, label="→".join(str(s) for s in run.schedule) + (" (one-shot)" if run.one_shot else ""))
             a.fill_between(times, q1, q3, color=color, alpha=0.15, lw=0)
-            pruned = np.where(run.loss_pruned > 0, run.loss_pruned, np.nan)
-            a.plot(run.prune_times(), np.nanmedian(pruned, axis=0), "o", color=color, ms=4)
+            a.plot(run.prune_times(), pruned, "o", color=color, ms=4)
         a.set_yscale("log")
         a.set_xlabel("cumulative training time (pruning instants: dots)")
         a.set_title(f"α = {alpha:g} ({'teacher only' if alpha == 1 else 'distillation only' if alpha == 0 else 'mixed'})", fontsize=9)
