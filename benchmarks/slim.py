@@ -178,7 +178,7 @@ def main_(argv=None) -> int:
         *table(cells),
         "",
     ]
-    path = RESULTS / f"slim-{machine_name()}.md"
+    path = RESULTS / f"slim-{'-'.join(args.settings)}-{args.seeds}seeds-{machine_name()}.md"
     write_atomically(path, "\n".join(lines))
     print("\n".join(lines))
     print(f"wrote {path}")
