@@ -168,11 +168,13 @@ def plot_slim(out: SlimResult, ax=None):
         a.legend(fontsize=7)
     ax[0].set_ylabel("population loss against the teacher")
     config = out.config
+    # Two lines: a single panel is too narrow for one.
     fig.suptitle(
-        f"d = {config.d}, m = {config.m}, m* = {config.m_star}, expert {config.expert}; slimming "
-        f"{out.axis} from {out.start}, rule {out.rule}; medians of {out.seed_index.size} seeds",
+        f"d = {config.d}, m = {config.m}, m* = {config.m_star}, expert {config.expert}\n"
+        f"slimming {out.axis} from {out.start}, rule {out.rule}; medians of {out.seed_index.size} seeds",
         fontsize=9,
     )
+    fig.tight_layout()
     return fig
 
 
