@@ -174,7 +174,6 @@ def plot_slim(out: SlimResult, ax=None):
         f"slimming {out.axis} from {out.start}, rule {out.rule}; medians of {out.seed_index.size} seeds",
         fontsize=9,
     )
-    fig.tight_layout()
     return fig
 
 
