@@ -110,7 +110,7 @@ LAYERS = [
     ("results", {"results"}),
     ("simulation", {"simulation"}),
     ("runs and plots", {"chunks", "sweep", "hosts", "plot"}),
-    ("experiments", {"agreement", "compare", "scaling", "prune", "rates"}),
+    ("experiments", {"agreement", "compare", "scaling", "prune", "slim", "rates"}),
     ("command line", {"cli", "__main__"}),
 ]
 
