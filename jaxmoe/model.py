@@ -41,7 +41,7 @@ class MoE(eqx.Module):
 
         key_v, key_w = jax.random.split(jax.random.PRNGKey(0))
         model = jaxmoe.MoE(jax.random.normal(key_v, (3, 10)), jax.random.normal(key_w, (3, 10)), gate="erf")
-        model.num_experts, model.dim      # (3, 10)
+        assert (model.num_experts, model.dim) == (3, 10)
     """
 
     router: Float[Array, "m d"]
@@ -76,7 +76,7 @@ def unit(v: Float[Array, "... d"]) -> Float[Array, "... d"]:
 
     Example::
 
-        jaxmoe.unit(jnp.array([[3.0, 4.0], [0.0, 2.0]]))   # [[0.6, 0.8], [0.0, 1.0]]
+        assert np.allclose(jaxmoe.unit(jnp.array([[3.0, 4.0], [0.0, 2.0]])), [[0.6, 0.8], [0.0, 1.0]])
     """
     return v / jnp.linalg.norm(v, axis=-1, keepdims=True)
 
@@ -95,7 +95,7 @@ def forward(model: MoE, x: Float[Array, "n d"]) -> Float[Array, " n"]:
 
         teacher = jaxmoe.init_teacher(2, 10, key=jax.random.PRNGKey(0))
         x = jax.random.normal(jax.random.PRNGKey(1), (8, teacher.dim))
-        jaxmoe.forward(teacher, x).shape      # (8,)
+        assert jaxmoe.forward(teacher, x).shape == (8,)
     """
     if x.ndim != 2 or x.shape[-1] != model.dim:
         raise ValueError(f"x must have shape (n, {model.dim}); got {x.shape}")

@@ -37,7 +37,8 @@ def model_loss(student: Model, teacher: Model, t=None) -> Scalar:
     Example::
 
         k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-        jaxmoe.models.model_loss(jaxmoe.init_student(4, 20, key=k2), jaxmoe.init_teacher(2, 20, key=k1))
+        student, teacher = jaxmoe.init_student(4, 20, key=k2), jaxmoe.init_teacher(2, 20, key=k1)
+        assert np.allclose(jaxmoe.models.model_loss(student, teacher), jaxmoe.population_loss(student, teacher))
     """
     if isinstance(student, MoE) and isinstance(teacher, MoE):
         return population_loss(student, teacher)

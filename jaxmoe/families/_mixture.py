@@ -135,8 +135,9 @@ def mixture_forward(model: Mixture, x: Float[Array, "n D"], t=None) -> Float[Arr
 
     Example::
 
-        teacher = init_mixture_teacher(2, 6, "topk:k=1", "linear", key=jax.random.PRNGKey(0))
-        mixture_forward(teacher, jnp.ones((3, 6))).shape       # (3,)
+        import jaxmoe.families
+        teacher = jaxmoe.families.init_mixture_teacher(2, 6, "topk:k=1", "linear", key=jax.random.PRNGKey(0))
+        assert jaxmoe.families.mixture_forward(teacher, jnp.ones((3, 6))).shape == (3,)
     """
     if x.ndim != 2 or x.shape[-1] != model.dim:
         raise ValueError(f"x must have shape (n, {model.dim}); got {x.shape}")

@@ -46,9 +46,11 @@ def loss_rule(student: Mixture, teacher: Mixture) -> str:
 
     Example::
 
-        teacher = init_mixture_teacher(2, 12, "softmax", "he3", key=jax.random.PRNGKey(0))
-        student = init_mixture_student(4, 12, "softmax", "he3", key=jax.random.PRNGKey(1))
-        loss_rule(student, teacher), stated_error(student, teacher)   # ("conditional", 0.01)
+        import jaxmoe.families, jaxmoe.quadrature
+        teacher = jaxmoe.families.init_mixture_teacher(2, 12, "softmax", "he3", key=jax.random.PRNGKey(0))
+        student = jaxmoe.families.init_mixture_student(4, 12, "softmax", "he3", key=jax.random.PRNGKey(1))
+        assert jaxmoe.quadrature.loss_rule(student, teacher) == "conditional"
+        assert jaxmoe.quadrature.stated_error(student, teacher) == 0.01
     """
     if is_exact(student, teacher):
         return "exact"
@@ -119,8 +121,13 @@ def rule_nodes(
 
     Example::
 
-        points, weights = rule_nodes(student, teacher, seed=1)
-        jax.jit(loss_on_nodes)(student, teacher, points, weights)   # the rule, scrambled by seed 1
+        import jaxmoe.families, jaxmoe.quadrature as Q
+        teacher = jaxmoe.families.init_mixture_teacher(2, 12, "softmax", "he3", key=jax.random.PRNGKey(0))
+        student = jaxmoe.families.init_mixture_student(4, 12, "softmax", "he3", key=jax.random.PRNGKey(1))
+        rule = jax.jit(Q.loss_on_nodes)
+        assert np.allclose(rule(student, teacher, *Q.rule_nodes(student, teacher)), Q.mixture_loss(student, teacher))
+        other = rule(student, teacher, *Q.rule_nodes(student, teacher, seed=1))   # scrambled by seed 1, same compilation
+        assert abs(other - Q.mixture_loss(student, teacher)) < Q.stated_error(student, teacher) * other
     """
     rule = loss_rule(student, teacher)
     if rule == "conditional":
@@ -178,9 +185,11 @@ def mixture_loss(student: Mixture, teacher: Mixture, *, t=None, nodes: int | Non
 
     Example::
 
-        teacher = init_mixture_teacher(2, 8, "softmax", "linear", key=jax.random.PRNGKey(0))
-        student = init_mixture_student(4, 8, "softmax", "linear", key=jax.random.PRNGKey(1))
-        loss, grad = jax.value_and_grad(mixture_loss)(student, teacher)
+        import jaxmoe.families, jaxmoe.quadrature
+        teacher = jaxmoe.families.init_mixture_teacher(2, 8, "softmax", "linear", key=jax.random.PRNGKey(0))
+        student = jaxmoe.families.init_mixture_student(4, 8, "softmax", "linear", key=jax.random.PRNGKey(1))
+        loss, grad = jax.value_and_grad(jaxmoe.quadrature.mixture_loss)(student, teacher)
+        assert grad.router.shape == student.router.shape == (4, 8)
     """
     check_pair(student, teacher)
     rule = loss_rule(student, teacher)
