@@ -338,7 +338,7 @@ def init_mixture_reduced(
     return teacher, mixture_from_rows(rows, m, gate, expert, output_key=k_output)
 
 
-def init_problem(config, seed_index) -> tuple[MoE, MoE]:
+def init_problem(config, seed_index) -> tuple[MoE | Mixture, MoE | Mixture]:
     """Teacher and initial student of each seed, batched over `seed_index`.
 
     In reduced mode (when d > 2(m + m*)) they are drawn by `init_reduced` in

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from .hermite import Activation, HermiteExpert, get_activation, get_expert
@@ -44,8 +45,10 @@ class MoE(eqx.Module):
         assert (model.num_experts, model.dim) == (3, 10)
     """
 
-    router: Float[Array, "m d"]
-    expert: Float[Array, "m d"]
+    # Leading axes batch models (one per seed: `init.init_problem`, `Result.models`);
+    # saved results and pruned problems hold NumPy arrays.
+    router: Float[Array | np.ndarray, "*batch m d"]
+    expert: Float[Array | np.ndarray, "*batch m d"]
     gate: Activation = eqx.field(static=True, default="sigmoid", converter=get_activation)
     expert_fn: HermiteExpert = eqx.field(static=True, default="he3", converter=get_expert)
 

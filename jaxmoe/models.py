@@ -12,6 +12,7 @@ calls the functions here and never asks which it has.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Scalar
 
 from .families import Mixture, expert_values, mixture_forward
@@ -99,7 +100,7 @@ def expert_alignment(student: Model, teacher: Model) -> Float[Array, "m m_star"]
     return _functional(as_mixture(student), as_mixture(teacher))
 
 
-def model_arrays(model: Model) -> dict[str, Array]:
+def model_arrays(model: Model) -> dict[str, Array | np.ndarray]:
     """The model's arrays by name (``router``, ``expert`` and, where present,
     ``group_router``, ``bias``, ``output``): what a result stores."""
     out = {"router": model.router, "expert": model.expert}

@@ -198,7 +198,7 @@ def plateau_end(alignment: np.ndarray, times: np.ndarray, level: float = 0.5) ->
     return first_crossing(best, times, level)
 
 
-def quartiles(values: np.ndarray, axis: int = 0) -> dict[str, np.ndarray]:
+def quartiles(values: np.ndarray, axis: int = 0) -> dict[str, np.ndarray | np.float64]:
     """Median and quartiles over seeds; ``inf`` entries (never happened) count as larger than all.
 
     NumPy's ``quantile(…, method="lower")``: each is an actual entry, never an

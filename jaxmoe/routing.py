@@ -119,7 +119,7 @@ def _distribution(load: np.ndarray) -> np.ndarray:
     return load / np.sum(load, axis=-1, keepdims=True)
 
 
-def load_entropy(load) -> np.ndarray:
+def load_entropy(load) -> np.ndarray | np.float64:
     """``H = −Σ_i p_i log p_i``, p = load normalised to sum to one; over the last axis.
 
     **Arguments:** loads ``(..., m)`` (non-negative). **Returns:** ``(...)``,
@@ -136,7 +136,7 @@ def load_entropy(load) -> np.ndarray:
     return np.sum(terms, axis=-1)
 
 
-def load_cv(load) -> np.ndarray:
+def load_cv(load) -> np.ndarray | np.float64:
     """Coefficient of variation of the loads over experts, ``std(ℓ) / mean(ℓ)`` (population std); over the last axis.
 
     Example::

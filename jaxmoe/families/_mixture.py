@@ -5,6 +5,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from ..hermite import ACTIVATIONS, EXPERTS
@@ -38,7 +39,7 @@ class Mixture(eqx.Module):
     families, groups that do not divide m, or k outside 1..m.
     """
 
-    router: Float[Array, "m D"]
+    router: Float[Array | np.ndarray, "*batch m D"]  # leading axes: one model per seed (as `MoE`)
     expert: Array
     group_router: Array | None = None
     bias: Array | None = None
