@@ -85,7 +85,7 @@ __all__ = [
 # `jaxmoe.plot.plot_alignments(...)` works after a bare `import jaxmoe`.
 _LAZY = (
     "plot", "compare", "scaling", "prune", "hosts", "devices", "chunks", "sweep", "cli",
-    "families", "models", "pairkernel", "quadrature", "routing", "voronoi", "rates",
+    "families", "pairkernel", "quadrature", "routing", "voronoi", "rates", "slim", "stats", "base", "files",
 )
 
 

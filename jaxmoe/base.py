@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 __all__ = ["Model", "unit", "check_pair"]
@@ -28,7 +29,7 @@ def unit(v: Float[Array, "... d"]) -> Float[Array, "... d"]:
 
     Example::
 
-        jaxmoe.unit(jnp.array([[3.0, 4.0], [0.0, 2.0]]))   # [[0.6, 0.8], [0.0, 1.0]]
+        assert np.allclose(jaxmoe.unit(jnp.array([[3.0, 4.0], [0.0, 2.0]])), [[0.6, 0.8], [0.0, 1.0]])
     """
     return v / jnp.linalg.norm(v, axis=-1, keepdims=True)
 
@@ -43,8 +44,8 @@ class Model(eqx.Module):
     `jax.vmap` the arrays carry leading batch axes (one per seed).
     """
 
-    router: eqx.AbstractVar[Array]
-    expert: eqx.AbstractVar[Array]
+    router: eqx.AbstractVar[Array | np.ndarray]
+    expert: eqx.AbstractVar[Array | np.ndarray]
     # The fields holding vectors in R^D along their last axis, in the order
     # of the span's basis (`jaxmoe.init.project_to_span`).
     VECTOR_FIELDS: ClassVar[tuple[str, ...]] = ("router", "expert")
@@ -68,7 +69,7 @@ class Model(eqx.Module):
         """The gate and the expert family as a configuration names them (``SimulationConfig.gate``, ``.expert``)."""
 
     @abc.abstractmethod
-    def arrays(self) -> dict[str, Array]:
+    def arrays(self) -> dict[str, Array | np.ndarray]:
         """The model's arrays by name (``router``, ``expert`` and whatever else it has): what a result stores."""
 
     @property
@@ -87,7 +88,7 @@ class Model(eqx.Module):
             raise ValueError(f"x must have shape (n, {self.dim}); got {x.shape}")
         return jnp.sum(self.gate_weights(x, t) * self.expert_values(x), axis=-1)
 
-    def vectors(self) -> list[Array]:
+    def vectors(self) -> list[Array | np.ndarray]:
         """The arrays of `VECTOR_FIELDS` that are present, each as rows ``([S,] n, D)``.
 
         A field with one axis more than `router` (the ``(m, h, D)`` first
@@ -103,7 +104,7 @@ class Model(eqx.Module):
             out.append(value)
         return out
 
-    def with_vectors(self, vectors: list[Array]):
+    def with_vectors(self, vectors: list[Array | np.ndarray]):
         """The same model with the arrays of `vectors()` replaced (same order, any last dimension)."""
         names = [name for name in self.VECTOR_FIELDS if getattr(self, name) is not None]
         if len(vectors) != len(names):

@@ -51,7 +51,7 @@ def chunk_ranges(seeds: int, chunk: int) -> list[tuple[int, int]]:
 
     Example::
 
-        jaxmoe.chunks.chunk_ranges(10, 4)     # [(0, 4), (4, 8), (8, 10)]
+        assert jaxmoe.chunks.chunk_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
     """
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
         raise ValueError(f"chunk must be an integer ≥ 1; got {chunk!r}")
@@ -71,10 +71,10 @@ def concatenate(parts: list[Result]) -> Result:
 
     Example::
 
-        config = jaxmoe.SimulationConfig(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
-        parts = [jaxmoe.simulate(config, seed_index=[k]) for k in range(2)]
+        config = jaxmoe.SimulationConfig(d=100, m=4, m_star=2, seeds=4, t_max=200.0)
+        parts = [jaxmoe.simulate(config, seed_index=[0, 1]), jaxmoe.simulate(config, seed_index=[2, 3])]
         joined = jaxmoe.chunks.concatenate(parts)
-        joined.seed_index, joined.loss.shape       # [0, 1], (2, 301)
+        assert list(joined.seed_index) == [0, 1, 2, 3] and joined.loss.shape == (4, 301)
     """
     if not parts:
         raise ValueError("nothing to concatenate")
@@ -99,7 +99,8 @@ def config_difference(old: dict, new: dict) -> str:
 
     Example::
 
-        jaxmoe.chunks.config_difference({"seeds": 8, "t_max": 100.0}, {"seeds": 8, "t_max": 200.0})
+        difference = jaxmoe.chunks.config_difference({"seeds": 8, "t_max": 100.0}, {"seeds": 8, "t_max": 200.0})
+        assert difference == "t_max: 100.0 → 200.0"
     """
     keys = sorted(set(old) | set(new))
     return ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
@@ -126,7 +127,8 @@ def finished(folder: str | Path, config: SimulationConfig) -> bool:
 
         config = jaxmoe.SimulationConfig(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
         jaxmoe.save(jaxmoe.simulate(config), "runs/example")
-        jaxmoe.chunks.finished("runs/example", config)      # True; another config raises ValueError
+        assert jaxmoe.chunks.finished("runs/example", config)       # another config raises ValueError
+        assert not jaxmoe.chunks.finished("runs/elsewhere", config)  # nothing there yet
     """
     folder = Path(folder)
     if not (folder / "result.npz").is_file():
@@ -199,7 +201,7 @@ def run_chunked(
 
         config = jaxmoe.SimulationConfig(d=100, m=4, m_star=2, seeds=4, t_max=200.0)
         result = jaxmoe.run_chunked(config, "runs/chunked", chunk=2, progress=False)
-        result.seed_index        # [0, 1, 2, 3]; rerunning the line loads it back
+        assert list(result.seed_index) == [0, 1, 2, 3]    # rerunning the line loads it back
     """
     from .simulation import simulate
 

@@ -93,9 +93,10 @@ class CompareRow:
     Example::
 
         import jaxmoe.compare
-        config = jaxmoe.SimulationConfig(d=50, m=4, m_star=2, seeds=2, t_max=10.0, num_times=21)
+        config = jaxmoe.SimulationConfig(d=100, m=4, m_star=2, seeds=2, t_max=10.0)
         rows, results = jaxmoe.compare.compare(config, settings=((0.05, 64),))
-        rows[1].max_deviation, rows[1].within
+        assert [row.method for row in rows] == ["flow", "online"]
+        print(rows[1].max_deviation, rows[1].within)
     """
 
     method: str
@@ -177,7 +178,7 @@ def compare(
     Example::
 
         import jaxmoe.compare
-        config = jaxmoe.SimulationConfig(d=50, m=4, m_star=2, seeds=2, t_max=10.0, num_times=21)
+        config = jaxmoe.SimulationConfig(d=100, m=4, m_star=2, seeds=2, t_max=10.0)
         rows, results = jaxmoe.compare.compare(config, settings=((0.05, 64),), measure="escape")
         print(jaxmoe.compare.format_table(rows))
     """
@@ -260,7 +261,7 @@ def format_table(rows: list[CompareRow]) -> str:
     Example::
 
         import jaxmoe.compare
-        config = jaxmoe.SimulationConfig(d=50, m=4, m_star=2, seeds=2, t_max=10.0, num_times=21)
+        config = jaxmoe.SimulationConfig(d=100, m=4, m_star=2, seeds=2, t_max=10.0)
         rows, results = jaxmoe.compare.compare(config, settings=((0.05, 64),))
         print(jaxmoe.compare.format_table(rows))
     """
@@ -294,7 +295,7 @@ def format_distributions(rows: list[CompareRow]) -> str:
     Example::
 
         import jaxmoe.compare
-        config = jaxmoe.SimulationConfig(d=50, m=4, m_star=2, seeds=4, t_max=10.0, num_times=21)
+        config = jaxmoe.SimulationConfig(d=100, m=4, m_star=2, seeds=2, t_max=10.0)
         rows, results = jaxmoe.compare.compare(config, settings=((0.05, 64),))
         print(jaxmoe.compare.format_distributions(rows))
     """
@@ -335,8 +336,8 @@ def plot_overlay(results: dict[str, Result], seed: int = 0):
     Example::
 
         import jaxmoe.compare
-        config = jaxmoe.SimulationConfig(d=50, m=4, m_star=2, seeds=1, t_max=10.0)
-        rows, results = jaxmoe.compare.compare(config, [(0.05, 128)])
+        config = jaxmoe.SimulationConfig(d=100, m=4, m_star=2, seeds=2, t_max=10.0)
+        rows, results = jaxmoe.compare.compare(config, [(0.05, 64)])
         fig = jaxmoe.compare.plot_overlay(results)
     """
     from matplotlib.lines import Line2D
@@ -383,9 +384,10 @@ def write_compare(rows, results, folder: str | os.PathLike) -> list[Path]:
     Example::
 
         import jaxmoe.compare
-        config = jaxmoe.SimulationConfig(d=50, m=4, m_star=2, seeds=2, t_max=10.0, num_times=21)
+        config = jaxmoe.SimulationConfig(d=100, m=4, m_star=2, seeds=2, t_max=10.0)
         rows, results = jaxmoe.compare.compare(config, settings=((0.05, 64),))
-        jaxmoe.compare.write_compare(rows, results, "runs/compare")
+        paths = jaxmoe.compare.write_compare(rows, results, "runs/compare")
+        assert [path.name for path in paths] == ["compare.md", "compare.csv", "overlay.png"]
     """
     from .plot import write_png
 

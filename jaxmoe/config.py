@@ -145,7 +145,7 @@ class SimulationConfig:
 
         config = jaxmoe.SimulationConfig(d=1000, m=25, m_star=5, seeds=8, t_max=500.0)
         sgd = config.replace(method="online", learning_rate=0.01, batch_size=512)
-        jaxmoe.SimulationConfig.from_dict(sgd.to_dict()) == sgd      # True
+        assert jaxmoe.SimulationConfig.from_dict(sgd.to_dict()) == sgd
     """
 
     d: int = 1000

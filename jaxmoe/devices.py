@@ -43,7 +43,7 @@ def num_devices() -> int:
 
     Example::
 
-        jaxmoe.devices.num_devices()     # 1 on a machine with one CPU device
+        assert jaxmoe.devices.num_devices() == len(jax.local_devices())   # 1 on a CPU
     """
     return len(jax.local_devices())
 
@@ -58,7 +58,7 @@ def shard_index() -> Int[Array, ""]:
 
     Example::
 
-        jaxmoe.devices.shard_index()     # 0: not inside a sharded function
+        assert jaxmoe.devices.shard_index() == 0     # not inside a sharded function
     """
     try:
         return jax.lax.axis_index(AXIS)
@@ -107,7 +107,7 @@ def shard_seeds(fn: Callable, num_batched: int, *, devices=None) -> Callable:
     Example::
 
         f = jaxmoe.devices.shard_seeds(jax.jit(jax.vmap(jnp.sin)), num_batched=1)
-        f(jnp.arange(10.0))    # = jnp.sin(jnp.arange(10.0)), seeds split over the local devices
+        assert np.allclose(f(jnp.arange(10.0)), jnp.sin(jnp.arange(10.0)))   # seeds split over the local devices
     """
     devices = jax.local_devices() if devices is None else list(devices)
     count = len(devices)
@@ -153,8 +153,8 @@ def seed_block(m: int, m_star: int, platform: str | None = None) -> int | None:
 
     Example::
 
-        jaxmoe.devices.seed_block(25, 5, "cpu")   # 16
-        jaxmoe.devices.seed_block(4, 2, "gpu")    # None
+        assert jaxmoe.devices.seed_block(25, 5, "cpu") == 16
+        assert jaxmoe.devices.seed_block(4, 2, "gpu") is None
     """
     platform = jax.default_backend() if platform is None else platform
     if platform != "cpu":
@@ -177,8 +177,8 @@ def solve_block(platform: str | None = None) -> int | None:
 
     Example::
 
-        jaxmoe.devices.solve_block("cpu")   # 1
-        jaxmoe.devices.solve_block("gpu")   # None
+        assert jaxmoe.devices.solve_block("cpu") == 1
+        assert jaxmoe.devices.solve_block("gpu") is None
     """
     platform = jax.default_backend() if platform is None else platform
     return 1 if platform == "cpu" else None
@@ -190,7 +190,8 @@ def blocks_per_device(seeds: int, block: int | None) -> int:
 
     Example::
 
-        jaxmoe.devices.blocks_per_device(40, 16)   # 3 on one device
+        if jaxmoe.devices.num_devices() == 1:
+            assert jaxmoe.devices.blocks_per_device(40, 16) == 3   # ⌈40 / 16⌉
     """
     per_device = -(-seeds // num_devices())
     return 1 if block is None or per_device <= block else -(-per_device // block)
@@ -212,7 +213,7 @@ def in_blocks(fn: Callable, num_batched: int, block: int | None) -> Callable:
     Example::
 
         f = jaxmoe.devices.in_blocks(jax.vmap(jnp.sin), 1, block=4)
-        f(jnp.arange(10.0))    # = jnp.sin(jnp.arange(10.0)), computed as 3 blocks of 4
+        assert np.allclose(f(jnp.arange(10.0)), jnp.sin(jnp.arange(10.0)))   # computed as 3 blocks of 4
     """
     if block is None:
         return fn

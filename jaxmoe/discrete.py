@@ -65,6 +65,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
     Example::
 
         opt = jaxmoe.make_optimizer(jaxmoe.SimulationConfig(optimizer="momentum", learning_rate=0.01))
+        state = opt.init(jnp.zeros(3))
+        updates, state = opt.update(jnp.ones(3), state)
+        assert np.allclose(updates, -0.01)      # the first step: −η · gradient
     """
     lr = config.learning_rate
     return {
@@ -88,7 +91,7 @@ def step_schedule(config: SimulationConfig, times: np.ndarray) -> np.ndarray:
     Example::
 
         config = jaxmoe.SimulationConfig(learning_rate=0.05)
-        jaxmoe.discrete.step_schedule(config, np.array([0.0, 0.12, 1.0]))   # [0, 2, 20]
+        assert list(jaxmoe.discrete.step_schedule(config, np.array([0.0, 0.12, 1.0]))) == [0, 2, 20]
     """
     return np.rint(np.asarray(times) / config.learning_rate).astype(np.int64)
 
@@ -104,8 +107,8 @@ def vector_norms(model: Model) -> dict[str, jax.Array]:
 
     Example::
 
-        k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-        jaxmoe.discrete.vector_norms(jaxmoe.init_student(4, 50, key=k2))["expert"].shape   # (4,)
+        norms = jaxmoe.discrete.vector_norms(jaxmoe.init_student(4, 50, key=jax.random.PRNGKey(0)))
+        assert sorted(norms) == ["expert", "router"] and norms["expert"].shape == (4,)
     """
     return {
         name: jnp.linalg.norm(getattr(model, name), axis=-1)
@@ -128,10 +131,10 @@ def retract(model: Model, norms: dict[str, jax.Array]) -> Model:
 
     Example::
 
-        k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-        student = jaxmoe.init_student(4, 50, key=k2)
+        student = jaxmoe.init_student(4, 50, key=jax.random.PRNGKey(0))
         moved = jax.tree_util.tree_map(lambda a: 1.5 * a, student)
-        jaxmoe.discrete.retract(moved, jaxmoe.discrete.vector_norms(student))   # back to the start's norms
+        back = jaxmoe.discrete.retract(moved, jaxmoe.discrete.vector_norms(student))
+        assert np.allclose(back.router, student.router) and np.allclose(back.expert, student.expert)
     """
     names = tuple(norms)
     scaled = tuple(
@@ -262,11 +265,11 @@ def train(
 
     Example::
 
-        config = jaxmoe.SimulationConfig(d=50, m=4, m_star=2, seeds=2, t_max=5.0, num_times=11,
-                                         time_grid="linear", method="online", batch_size=64)
+        config = jaxmoe.SimulationConfig(d=100, m=4, m_star=2, seeds=2, t_max=15.0, time_grid="linear",
+                                         method="online", learning_rate=0.05, batch_size=64)   # 301 times, one per step
         teacher, student = jaxmoe.init.init_problem(config, np.arange(2))   # d coordinates
         out = jaxmoe.discrete.train(config, teacher, student, np.arange(2), jaxmoe.time_grid(config))
-        out["saved"]["loss"].shape, out["times"][:3]     # (2, 11), [0.0, 0.5, 1.0]
+        assert out["saved"]["loss"].shape == (2, 301) and np.allclose(out["times"][:3], [0.0, 0.05, 0.1])
     """
     save_steps = step_schedule(config, times)
     dtype = student.router.dtype

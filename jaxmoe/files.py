@@ -28,7 +28,9 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
 
     Example::
 
+        import pathlib
         jaxmoe.files.write_atomic("note.txt", "hello".encode())
+        assert pathlib.Path("note.txt").read_text() == "hello"
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -67,7 +69,7 @@ def read_header(path: str | os.PathLike, kind: str, version: int) -> dict[str, A
     Example::
 
         jaxmoe.files.write_header("config.json", "jaxmoe.example", 1, config={"d": 100})
-        jaxmoe.files.read_header("config.json", "jaxmoe.example", 1)["config"]     # {'d': 100}
+        assert jaxmoe.files.read_header("config.json", "jaxmoe.example", 1)["config"] == {"d": 100}
     """
     path = Path(path)
     try:

@@ -80,8 +80,10 @@ def time_grid(config: SimulationConfig) -> np.ndarray:
 
     Example::
 
-        jaxmoe.time_grid(jaxmoe.SimulationConfig(t_max=100.0, num_times=4))                       # [0, 0.1, 3.16, 100]
-        jaxmoe.time_grid(jaxmoe.SimulationConfig(t_max=100.0, num_times=3, time_grid="linear"))   # [0, 50, 100]
+        geometric = jaxmoe.time_grid(jaxmoe.SimulationConfig(t_max=100.0, num_times=4))
+        assert np.allclose(geometric, [0.0, 0.1, 3.16, 100.0], atol=0.01)
+        linear = jaxmoe.time_grid(jaxmoe.SimulationConfig(t_max=100.0, num_times=3, time_grid="linear"))
+        assert np.allclose(linear, [0.0, 50.0, 100.0])
     """
     if config.time_grid == "linear":
         return np.linspace(0.0, config.t_max, config.num_times)
@@ -110,7 +112,7 @@ def vector_field(student: Model, teacher: Model, t=None) -> Model:
         k1, k2 = jax.random.split(jax.random.PRNGKey(0))
         teacher, student = jaxmoe.init_teacher(2, 20, key=k1), jaxmoe.init_student(4, 20, key=k2)
         field = jaxmoe.flow.vector_field(student, teacher)
-        jnp.sum(field.router * student.router, axis=-1)      # ≈ 0: norms are conserved
+        assert np.allclose(jnp.sum(field.router * student.router, axis=-1), 0.0, atol=1e-6)   # norms are conserved
     """
     return _field(t, student, teacher)[0]
 
@@ -436,7 +438,7 @@ def integrate(config: SimulationConfig, teacher: Model, student: Model, times: n
         config = jaxmoe.SimulationConfig(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
         teacher, student = jaxmoe.init.init_problem(config, np.arange(2))
         out = jaxmoe.flow.integrate(config, teacher, student, jaxmoe.time_grid(config))
-        out["saved"]["loss"].shape, out["status"]        # (2, 301), one status per seed
+        assert out["saved"]["loss"].shape == (2, 301) and out["status"].shape == (2,)   # one status per seed
     """
     if config.solver == "rk4" and config.max_steps < np.ceil(config.t_max / config.dt):
         raise ValueError(

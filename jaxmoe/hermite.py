@@ -90,8 +90,9 @@ class Activation:
             lambda z: 0.5 * (1.0 + np.vectorize(math.erf)(z / 2.0)),
             lambda z: 0.5 * (1.0 + jax.scipy.special.erf(z / 2.0)),
         )
-        gate.coefficients(4)        # c_0 … c_3, float64
-        gate(jnp.zeros(3))          # σ(0) = 0.5
+        c = gate.coefficients(4)    # c_0 … c_3, float64
+        assert np.allclose(c, [0.5, 1 / math.sqrt(6 * math.pi), 0.0, c[3]]) and c[3] < 0
+        assert np.allclose(gate(jnp.zeros(3)), 0.5)
     """
 
     name: str
@@ -151,7 +152,7 @@ def get_activation(name: str | Activation) -> Activation:
 
     Example::
 
-        jaxmoe.get_activation("erf")(jnp.array([0.0, 1.0]))   # Φ(0) = 0.5, Φ(1) ≈ 0.8413
+        assert np.allclose(jaxmoe.get_activation("erf")(jnp.array([0.0, 1.0])), [0.5, 0.8413], atol=1e-4)   # Φ(0), Φ(1)
     """
     if isinstance(name, Activation):
         return name
@@ -179,7 +180,7 @@ class HermiteExpert:
     Example::
 
         p = jaxmoe.HermiteExpert((0.0, 1.0, 0.0, 0.5), name="he1+he3/2")   # z + ½(z³ − 3z)
-        p(2.0), p.degree            # (3.0, 3)
+        assert np.allclose(p(2.0), 3.0) and p.degree == 3
     """
 
     coefficients: tuple[float, ...]
@@ -222,7 +223,7 @@ def get_expert(name: str | HermiteExpert) -> HermiteExpert:
 
     Example::
 
-        jaxmoe.get_expert("he3")(2.0)    # He3(2) = 2³ − 3·2 = 2.0
+        assert np.allclose(jaxmoe.get_expert("he3")(2.0), 2.0)    # He3(2) = 2³ − 3·2
     """
     if isinstance(name, HermiteExpert):
         return name
@@ -280,8 +281,8 @@ def hermite_coefficients(activation: str | Activation, n: int = _N_COEFFS) -> np
 
     Example::
 
-        jaxmoe.hermite_coefficients("sigmoid", 4)   # [0.5, 0.20662096, 0.0, -0.06239648]
-        jaxmoe.hermite_coefficients("erf", 2)[1]    # 1/(2√π) ≈ 0.28209479
+        assert np.allclose(jaxmoe.hermite_coefficients("sigmoid", 4), [0.5, 0.20662096, 0.0, -0.06239648])
+        assert np.allclose(jaxmoe.hermite_coefficients("erf", 2)[1], 0.28209479)    # 1/(2√π)
     """
     activation = get_activation(activation)
     gamma = _normalised_coefficients(activation, n)
@@ -312,9 +313,12 @@ def mehler_table(left: Activation, right: Activation, max_order: int) -> np.ndar
     Example::
 
         sigmoid = jaxmoe.get_activation("sigmoid")
-        table = jaxmoe.mehler_table(sigmoid, sigmoid, 3)        # (140, 4, 4)
-        np.polynomial.polynomial.polyval(0.3, table[:, 0, 0])   # E[σ(a₁)σ(a₂)] at ρ = 0.3
-        table[:, 0, 0].sum()                                    # ρ = 1: E[σ²] = 0.29337904
+        table = jaxmoe.mehler_table(sigmoid, sigmoid, 3)
+        assert table.shape == (140, 4, 4)
+        mehler = np.polynomial.polynomial.polyval(0.3, table[:, 0, 0])   # E[σ(a₁)σ(a₂)] at ρ = 0.3
+        c = jaxmoe.hermite_coefficients("sigmoid", 20)
+        assert np.allclose(mehler, sum(0.3**n * c[n] ** 2 / np.prod(np.arange(1, n + 1)) for n in range(20)))
+        assert np.allclose(table[:, 0, 0].sum(), 0.29337904)          # ρ = 1: E[σ²]
     """
     ga = _normalised_coefficients(left, _N_COEFFS)
     gb = _normalised_coefficients(right, _N_COEFFS)
@@ -359,8 +363,10 @@ def mehler_chebyshev(left: Activation, right: Activation, max_order: int) -> np.
     Example::
 
         sigmoid = jaxmoe.get_activation("sigmoid")
-        cheb = jaxmoe.hermite.mehler_chebyshev(sigmoid, sigmoid, 3)   # (29, 4, 4)
-        np.polynomial.chebyshev.chebval(0.3, cheb[:, 0, 0])           # = the Taylor series at 0.3
+        cheb = jaxmoe.hermite.mehler_chebyshev(sigmoid, sigmoid, 3)   # (K, 4, 4)
+        taylor = jaxmoe.mehler_table(sigmoid, sigmoid, 3)
+        assert np.allclose(np.polynomial.chebyshev.chebval(0.3, cheb[:, 0, 0]),
+                           np.polynomial.polynomial.polyval(0.3, taylor[:, 0, 0]), rtol=0, atol=1e-13)
     """
     taylor = mehler_table(left, right, max_order)  # (N, J, L)
     nodes = 256

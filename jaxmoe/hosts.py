@@ -43,7 +43,7 @@ def distributed_settings(
     Example::
 
         import jaxmoe.hosts
-        jaxmoe.hosts.distributed_settings("10.0.0.1:1234", 2, 0)   # ('10.0.0.1:1234', 2, 0)
+        assert jaxmoe.hosts.distributed_settings("10.0.0.1:1234", 2, 0) == ("10.0.0.1:1234", 2, 0)
     """
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
     num_processes = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
@@ -76,7 +76,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     Example::
 
         import jaxmoe.hosts
-        jaxmoe.hosts.initialize()     # 1: no job configured, nothing done
+        assert jaxmoe.hosts.initialize() == 1     # no job configured (no flags, no JAX_* variables): nothing done
     """
     settings = distributed_settings(coordinator, num_processes, process_id)
     if settings is None or settings[1] == 1:

@@ -85,7 +85,7 @@ def init_teacher(
 
         teacher = jaxmoe.init_teacher(2, 10, key=jax.random.PRNGKey(0))
         frame = jnp.concatenate([teacher.router, teacher.expert])    # (4, 10)
-        jnp.allclose(frame @ frame.T, jnp.eye(4))                    # True
+        assert jnp.allclose(frame @ frame.T, jnp.eye(4), atol=1e-6)  # orthonormal
     """
     _check_sizes(m_star, d, "m_star")
     if 2 * m_star > d:
@@ -113,7 +113,7 @@ def orthogonalise_router(router, expert):
     Example::
 
         v = jaxmoe.init.orthogonalise_router(jnp.array([[1.0, 1.0]]), jnp.array([[2.0, 0.0]]))
-        v                                       # [[0.0, 1.0]]
+        assert np.allclose(v, [[0.0, 1.0]])
     """
     w = unit(expert)
     return router - jnp.sum(router * w, axis=-1, keepdims=True) * w
@@ -141,7 +141,7 @@ def init_student(
     Example::
 
         student = jaxmoe.init_student(6, 100, key=jax.random.PRNGKey(1))
-        jnp.sum(student.router * student.expert, axis=-1)     # ≈ 0 (rounding): v_i ⟂ w_i
+        assert np.allclose(jnp.sum(student.router * student.expert, axis=-1), 0.0, atol=1e-6)   # v_i ⟂ w_i
     """
     _check_sizes(m, d, "m")
     dtype = dtype or jnp.zeros(()).dtype
@@ -160,7 +160,9 @@ def seed_key(base_seed: int, index) -> PRNGKeyArray:
 
     Example::
 
-        key = jaxmoe.init.seed_key(0, 17)    # seed 17 of base seed 0, in any batch
+        key = jaxmoe.init.seed_key(0, 17)    # seed 17 of base seed 0
+        batch = jax.vmap(lambda i: jaxmoe.init.seed_key(0, i))(jnp.arange(64))
+        assert jnp.array_equal(batch[17], key)   # the same key in any batch
     """
     return jax.random.fold_in(jax.random.PRNGKey(base_seed), index)
 
@@ -171,7 +173,7 @@ def reduced_dimension(m: int, m_star: int) -> int:
 
     Example::
 
-        jaxmoe.init.reduced_dimension(25, 5)     # 60, for any d
+        assert jaxmoe.init.reduced_dimension(25, 5) == 60     # for any d
     """
     return 2 * (m + m_star)
 
@@ -190,8 +192,8 @@ def uses_reduced(config) -> bool:
 
     Example::
 
-        jaxmoe.init.uses_reduced(jaxmoe.SimulationConfig(d=1000))                   # True
-        jaxmoe.init.uses_reduced(jaxmoe.SimulationConfig(d=1000, method="online"))  # False
+        assert jaxmoe.init.uses_reduced(jaxmoe.SimulationConfig(d=1000))
+        assert not jaxmoe.init.uses_reduced(jaxmoe.SimulationConfig(d=1000, method="online"))
     """
 
     span_preserving = config.method == "flow" or (
@@ -206,7 +208,8 @@ def config_dimension(config) -> int:
 
     Example::
 
-        jaxmoe.init.config_dimension(jaxmoe.SimulationConfig(m=4, m_star=2, gate="hierarchical:groups=2"))   # 16
+        config = jaxmoe.SimulationConfig(m=4, m_star=2, gate="hierarchical:groups=2")
+        assert jaxmoe.init.config_dimension(config) == 16
     """
     if config.classic:
         return reduced_dimension(config.m, config.m_star)
@@ -253,7 +256,7 @@ def init_reduced(
     Example::
 
         teacher, student = jaxmoe.init.init_reduced(4, 2, 10**6, key=jax.random.PRNGKey(0))
-        teacher.router.shape, student.router.shape    # ((2, 12), (4, 12))
+        assert teacher.router.shape == (2, 12) and student.router.shape == (4, 12)
     """
     _check_sizes(m, d, "m")
     _check_sizes(m_star, d, "m_star")
@@ -317,8 +320,9 @@ def init_mixture_reduced(
 
     Example::
 
-        teacher, student = init_mixture_reduced(4, 2, 10**6, "softmax", "linear", key=jax.random.PRNGKey(0))
-        teacher.router.shape, student.router.shape    # ((2, 12), (4, 12))
+        init = jaxmoe.init.init_mixture_reduced
+        teacher, student = init(4, 2, 10**6, "softmax", "linear", key=jax.random.PRNGKey(0))
+        assert teacher.router.shape == (2, 12) and student.router.shape == (4, 12)
     """
     check_size("m", m)
     check_size("m_star", m_star)
@@ -336,7 +340,7 @@ def init_mixture_reduced(
     return teacher, mixture_from_rows(rows, m, gate, expert, output_key=k_output)
 
 
-def init_problem(config, seed_index) -> tuple[MoE, MoE]:
+def init_problem(config, seed_index) -> tuple[MoE | Mixture, MoE | Mixture]:
     """Teacher and initial student of each seed, batched over `seed_index`.
 
     In reduced mode (when d > 2(m + m*)) they are drawn by `init_reduced` in
@@ -357,7 +361,7 @@ def init_problem(config, seed_index) -> tuple[MoE, MoE]:
 
         config = jaxmoe.SimulationConfig(d=100, m=4, m_star=2, seeds=3)
         teacher, student = jaxmoe.init.init_problem(config, np.arange(3))
-        student.router.shape       # (3, 4, 12): reduced coordinates
+        assert student.router.shape == (3, 4, 12)       # reduced coordinates
     """
     gate, expert, teacher_gate, teacher_expert = config.families()
     draw = _compiled_draw(
@@ -441,8 +445,9 @@ def project_to_span(teacher: Model, student: Model, *, extra: bool = False) -> t
         k1, k2 = jax.random.split(jax.random.PRNGKey(0))
         teacher = jaxmoe.init_teacher(2, 50, key=k1)
         student = jaxmoe.init_student(4, 50, key=k2)
-        t, s = jaxmoe.init.project_to_span(teacher, student)     # arrays (2, 12), (4, 12)
-        jaxmoe.population_loss(s, t) - jaxmoe.population_loss(student, teacher)   # ≈ 0
+        t, s = jaxmoe.init.project_to_span(teacher, student)
+        assert t.router.shape == (2, 12) and s.router.shape == (4, 12)
+        assert np.allclose(jaxmoe.population_loss(s, t), jaxmoe.population_loss(student, teacher))
     """
 
     def one(t_rows, s_rows):

@@ -10,6 +10,7 @@ model depends on each router and expert vector only through its direction.
 from __future__ import annotations
 
 import equinox as eqx
+import numpy as np
 from jaxtyping import Array, Float
 
 from .base import Model, unit
@@ -41,11 +42,13 @@ class MoE(Model):
 
         key_v, key_w = jax.random.split(jax.random.PRNGKey(0))
         model = jaxmoe.MoE(jax.random.normal(key_v, (3, 10)), jax.random.normal(key_w, (3, 10)), gate="erf")
-        model.num_experts, model.dim      # (3, 10)
+        assert (model.num_experts, model.dim) == (3, 10)
     """
 
-    router: Float[Array, "m d"]
-    expert: Float[Array, "m d"]
+    # Leading axes batch models (one per seed: `init.init_problem`, `Result.models`);
+    # saved results and pruned problems hold NumPy arrays.
+    router: Float[Array | np.ndarray, "*batch m d"]
+    expert: Float[Array | np.ndarray, "*batch m d"]
     gate: Activation = eqx.field(static=True, default="sigmoid", converter=get_activation)
     expert_fn: HermiteExpert = eqx.field(static=True, default="he3", converter=get_expert)
 
@@ -76,7 +79,7 @@ class MoE(Model):
         """``(gate name, expert name)``, e.g. ``("sigmoid", "he3")``."""
         return self.gate.name, self.expert_fn.name
 
-    def arrays(self) -> dict[str, Array]:
+    def arrays(self) -> dict[str, Array | np.ndarray]:
         """``{"router": …, "expert": …}``: what a result stores."""
         return {"router": self.router, "expert": self.expert}
 
@@ -95,6 +98,6 @@ def forward(model: MoE, x: Float[Array, "n d"]) -> Float[Array, " n"]:
 
         teacher = jaxmoe.init_teacher(2, 10, key=jax.random.PRNGKey(0))
         x = jax.random.normal(jax.random.PRNGKey(1), (8, teacher.dim))
-        jaxmoe.forward(teacher, x).shape      # (8,)
+        assert jaxmoe.forward(teacher, x).shape == (8,)
     """
     return model.forward(x)

@@ -50,7 +50,8 @@ def alignment(a: Float[Array, "m d"], b: Float[Array, "k d"]) -> Float[Array, "m
 
     Example::
 
-        jaxmoe.alignment(jnp.array([[1.0, 0.0], [1.0, 1.0]]), jnp.array([[2.0, 0.0]]))   # [[1.0], [0.7071]]
+        cosines = jaxmoe.alignment(jnp.array([[1.0, 0.0], [1.0, 1.0]]), jnp.array([[2.0, 0.0]]))
+        assert np.allclose(cosines, [[1.0], [0.7071]], atol=1e-4)
     """
     return unit(a) @ unit(b).T
 
@@ -112,7 +113,7 @@ def observe(student: Model, teacher: Model, t=None) -> dict[str, Array]:
 
         k1, k2 = jax.random.split(jax.random.PRNGKey(0))
         obs = jaxmoe.observe(jaxmoe.init_student(4, 50, key=k2), jaxmoe.init_teacher(2, 50, key=k1))
-        obs["expert_alignment"].shape    # (4, 2), entries of order 50^(-1/2)
+        assert obs["expert_alignment"].shape == (4, 2)   # entries of order 50^(-1/2)
     """
     return {
         "loss": mixture_loss(student, teacher, t),
@@ -134,7 +135,8 @@ def best_match(expert_alignment: np.ndarray):
 
     Example::
 
-        jaxmoe.best_match(np.array([[0.9, 0.1], [0.2, -0.95], [0.3, 0.6]]))   # ([0, 2], [0.9, 0.6])
+        index, value = jaxmoe.best_match(np.array([[0.9, 0.1], [0.2, -0.95], [0.3, 0.6]]))
+        assert list(index) == [0, 2] and np.allclose(value, [0.9, 0.6])
     """
     index = np.argmax(expert_alignment, axis=-2)
     value = np.max(expert_alignment, axis=-2)
@@ -157,7 +159,7 @@ def first_crossing(curve: np.ndarray, times: np.ndarray, level: float) -> np.nda
     Example::
 
         times = np.array([0.0, 1.0, 2.0, 3.0])
-        jaxmoe.observables.first_crossing(np.array([0.0, 0.4, 0.8, 1.0]), times, 0.6)   # 1.5
+        assert np.allclose(jaxmoe.observables.first_crossing(np.array([0.0, 0.4, 0.8, 1.0]), times, 0.6), 1.5)
     """
     curve = np.asarray(curve, dtype=float)
     above = np.nan_to_num(curve, nan=-np.inf) >= level
@@ -191,7 +193,7 @@ def recovery(alignment: np.ndarray, times: np.ndarray, epsilon: float = 0.05):
 
         result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
         time, student = jaxmoe.observables.recovery(result.expert_alignment, result.times, epsilon=0.05)
-        time.shape, student.shape     # ((2, 2), (2, 2))
+        assert time.shape == (2, 2) and student.shape == (2, 2)
     """
     if not 0 < epsilon < 1:
         raise ValueError(f"epsilon must be in (0, 1); got {epsilon!r}")
@@ -213,7 +215,7 @@ def recovery_order(time: np.ndarray) -> np.ndarray:
 
     Example::
 
-        jaxmoe.observables.recovery_order(np.array([[3.0, np.inf, 1.0]]))   # [[1, 2, 0]]
+        assert jaxmoe.observables.recovery_order(np.array([[3.0, np.inf, 1.0]])).tolist() == [[1, 2, 0]]
     """
     return np.argsort(np.argsort(time, axis=1, kind="stable"), axis=1, kind="stable")
 
@@ -231,13 +233,13 @@ def plateau_end(alignment: np.ndarray, times: np.ndarray, level: float = 0.5) ->
     Example::
 
         result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
-        jaxmoe.observables.plateau_end(result.expert_alignment, result.times)   # (2,)
+        assert jaxmoe.observables.plateau_end(result.expert_alignment, result.times).shape == (2,)
     """
     best = np.nanmax(np.nan_to_num(alignment, nan=-np.inf), axis=(2, 3))  # (S, T)
     return first_crossing(best, times, level)
 
 
-def quartiles(values: np.ndarray, axis: int = 0) -> dict[str, np.ndarray]:
+def quartiles(values: np.ndarray, axis: int = 0) -> dict[str, np.ndarray | np.float64]:
     """Median and quartiles over seeds; ``inf`` entries (never happened) count as larger than all.
 
     NumPy's ``quantile(…, method="lower")``: each is an actual entry, never an
@@ -249,7 +251,7 @@ def quartiles(values: np.ndarray, axis: int = 0) -> dict[str, np.ndarray]:
 
     Example::
 
-        jaxmoe.observables.quartiles(np.array([4.0, 1.0, np.inf, 2.0, 3.0]))   # q25 2, median 3, q75 4
+        assert jaxmoe.observables.quartiles(np.array([4.0, 1.0, np.inf, 2.0, 3.0])) == {"q25": 2, "median": 3, "q75": 4}
     """
     q = np.quantile(np.asarray(values, dtype=float), [0.25, 0.5, 0.75], axis=axis, method="lower")
     return {"q25": q[0], "median": q[1], "q75": q[2]}

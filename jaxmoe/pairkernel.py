@@ -149,7 +149,9 @@ def orthonormal_frame(vectors: Float[Array, "D k"], *, stop_gradient: bool = Tru
 
     Example::
 
-        q = orthonormal_frame(jnp.array([[1.0, 2.0], [0.0, 0.0]]))   # [[1, 0], [0, 0]]: column 2 ∥ column 1
+        import jaxmoe.pairkernel
+        q = jaxmoe.pairkernel.orthonormal_frame(jnp.array([[1.0, 2.0], [0.0, 0.0]]))
+        assert np.allclose(np.abs(q), [[1.0, 0.0], [0.0, 0.0]])    # column 2 ∥ column 1: one direction
     """
     if stop_gradient:
         vectors = jax.lax.stop_gradient(vectors)

@@ -44,6 +44,7 @@ def figure(ax=None, **subplots):
 
         import jaxmoe.plot
         fig, ax = jaxmoe.plot.figure(ncols=2, figsize=(8, 3))
+        assert len(ax) == 2 and jaxmoe.plot.figure(ax[1]) == (fig, ax[1])   # given axes: their figure
     """
     if ax is None:
         return pyplot().subplots(constrained_layout=True, **subplots)
@@ -178,7 +179,8 @@ def save_figures(result: Result, folder: str | os.PathLike, max_seeds: int = 4) 
 
         import jaxmoe.plot
         result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
-        jaxmoe.plot.save_figures(result, "runs/example", max_seeds=1)   # loss.png, alignment_seed0.png
+        paths = jaxmoe.plot.save_figures(result, "runs/example", max_seeds=1)
+        assert [path.name for path in paths] == ["loss.png", "alignment_seed0.png", "routing_seed0.png"]
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -210,7 +212,9 @@ def plot_routing(times, load, quality, *, seed: int = 0, ax=None, time_label: st
 
     Example::
 
-        fig = plot_routing(result.times, saved["load"], saved["quality"], seed=0)
+        import jaxmoe.plot
+        result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
+        fig = jaxmoe.plot.plot_routing(result.times, result.extra["load"], result.extra["quality"], seed=0)
     """
     load, quality, times = np.asarray(load, float), np.asarray(quality, float), np.asarray(times, float)
     if load.ndim == 2:

@@ -72,7 +72,7 @@ def default_refill(lanes: int) -> int:
     and runs vmapped over the lanes it initialises; capping it keeps a
     freed lane from costing every other lane that much. Example::
 
-        jaxmoe.pool.default_refill(128)   # 16
+        assert jaxmoe.pool.default_refill(128) == 16
     """
     return max(1, lanes // 8)
 

@@ -101,8 +101,8 @@ class Result:
     Example::
 
         result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
-        result.loss.shape, result.expert_alignment.shape    # (2, 301), (2, 301, 4, 2)
-        result.final_loss(), result.status_counts()
+        assert result.loss.shape == (2, 301) and result.expert_alignment.shape == (2, 301, 4, 2)
+        print(result.final_loss(), result.status_counts())
     """
 
     config: SimulationConfig
@@ -217,7 +217,8 @@ def save(result: Result, folder: str | os.PathLike) -> Path:
     Example::
 
         result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
-        jaxmoe.save(result, "runs/example")
+        folder = jaxmoe.save(result, "runs/example")
+        assert sorted(path.name for path in folder.iterdir()) == ["config.json", "result.npz"]
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -242,7 +243,7 @@ def load(folder: str | os.PathLike) -> Result:
         result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
         jaxmoe.save(result, "runs/example")
         again = jaxmoe.load("runs/example")
-        np.array_equal(again.loss, result.loss)      # True
+        assert np.array_equal(again.loss, result.loss)
     """
     folder = Path(folder)
     config_path, npz_path = folder / "config.json", folder / "result.npz"
@@ -352,7 +353,8 @@ def write_summaries(result: Result, folder: str | os.PathLike) -> list[Path]:
 
         result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
         jaxmoe.save(result, "runs/example")
-        jaxmoe.results.write_summaries(result, "runs/example")
+        paths = jaxmoe.results.write_summaries(result, "runs/example")
+        assert [path.name for path in paths] == ["summary.txt", "summary.csv"]
     """
     folder = Path(folder)
     write_atomic(folder / "summary.txt", (format_summary(result) + "\n").encode())

@@ -75,12 +75,12 @@ def routing_observables(student, teacher, t=None, *, nodes: int = ROUTING_NODES)
 
     Example::
 
-        import jax, jaxmoe.families as F, jaxmoe.routing as R
+        import jaxmoe.families as F, jaxmoe.routing as R
         k1, k2 = jax.random.split(jax.random.PRNGKey(0))
         teacher = F.init_mixture_teacher(2, 8, "softmax", "linear", key=k1)
         student = F.init_mixture_student(4, 8, "softmax", "linear", key=k2)
         obs = R.routing_observables(student, teacher)
-        obs["load"].sum()      # 1 for a softmax gate
+        assert np.allclose(obs["load"].sum(), 1.0)      # for a softmax gate
     """
     from .quadrature import expert_vectors, gate_vectors, gaussian_nodes, rule_degree
 
@@ -118,7 +118,7 @@ def _distribution(load: np.ndarray) -> np.ndarray:
     return load / np.sum(load, axis=-1, keepdims=True)
 
 
-def load_entropy(load) -> np.ndarray:
+def load_entropy(load) -> np.ndarray | np.float64:
     """``H = −Σ_i p_i log p_i``, p = load normalised to sum to one; over the last axis.
 
     **Arguments:** loads ``(..., m)`` (non-negative). **Returns:** ``(...)``,
@@ -126,7 +126,8 @@ def load_entropy(load) -> np.ndarray:
 
     Example::
 
-        load_entropy(np.full(4, 0.25))     # log 4
+        import jaxmoe.routing
+        assert np.allclose(jaxmoe.routing.load_entropy(np.full(4, 0.25)), np.log(4))
     """
     p = _distribution(load)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -134,13 +135,14 @@ def load_entropy(load) -> np.ndarray:
     return np.sum(terms, axis=-1)
 
 
-def load_cv(load) -> np.ndarray:
+def load_cv(load) -> np.ndarray | np.float64:
     """Coefficient of variation of the loads over experts, ``std(ℓ) / mean(ℓ)`` (population std); over the last axis.
 
     Example::
 
-        load_cv(np.full(4, 0.25))          # 0.0
-        load_cv(np.array([1.0, 0.0]))      # 1.0
+        import jaxmoe.routing
+        assert jaxmoe.routing.load_cv(np.full(4, 0.25)) == 0.0
+        assert jaxmoe.routing.load_cv(np.array([1.0, 0.0])) == 1.0
     """
     load = np.asarray(load, dtype=float)
     return np.std(load, axis=-1) / np.mean(load, axis=-1)
@@ -164,8 +166,9 @@ def effective_temperature(load, quality, *, iterations: int = 200) -> np.ndarray
 
     Example::
 
+        import jaxmoe.routing
         q = np.array([-1.0, -2.0, -3.0])
-        effective_temperature(np.exp(2 * q) / np.exp(2 * q).sum(), q)   # 2.0
+        assert np.allclose(jaxmoe.routing.effective_temperature(np.exp(2 * q) / np.exp(2 * q).sum(), q), 2.0)
     """
     p = _distribution(load)
     q = np.asarray(quality, dtype=float)
@@ -205,6 +208,9 @@ def routing_diagnostics(load, quality) -> dict[str, np.ndarray]:
 
     Example::
 
-        diag = routing_diagnostics(saved["load"], saved["quality"])   # (S, T, m) → (S, T) each
+        import jaxmoe.routing
+        load = np.array([[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0]])   # (T, m); a run's: result.extra["load"], (S, T, m)
+        diag = jaxmoe.routing.routing_diagnostics(load, np.zeros_like(load))  # (…, m) → (…) each
+        assert np.allclose(diag["entropy"], [np.log(4), 0.0]) and np.allclose(diag["cv"], [0.0, np.sqrt(3)])
     """
     return {"entropy": load_entropy(load), "cv": load_cv(load), "beta": effective_temperature(load, quality)}

@@ -59,7 +59,7 @@ class ScalingFit:
         import jaxmoe.scaling
         config = jaxmoe.SimulationConfig(m=4, m_star=2, seeds=2)
         fits, results = jaxmoe.scaling.scaling(config, dims=(100, 400), t_max=300.0, bootstrap=100)
-        fits[0].exponent, (fits[0].low, fits[0].high)
+        print(fits[0].exponent, (fits[0].low, fits[0].high))    # first recoveries: b and its interval
     """
 
     rank: int  # 1 = first recovery of each seed
@@ -92,7 +92,8 @@ def fit_exponent(
 
         import jaxmoe.scaling
         times = [np.array([10.0, 11.0]), np.array([31.0, 33.0]), np.array([100.0, 105.0])]
-        jaxmoe.scaling.fit_exponent(np.array([1e2, 1e3, 1e4]), times)   # b ≈ 0.495: t ∝ √d
+        b, low, high, a = jaxmoe.scaling.fit_exponent(np.array([1e2, 1e3, 1e4]), times)
+        assert np.allclose(b, 0.495, atol=0.005) and low <= b <= high     # t ∝ √d
     """
     groups = [np.log(t[np.isfinite(t) & (t > 0)]) for t in times]
     x_groups = [np.full(len(g), np.log(d)) for g, d in zip(groups, dims)]
@@ -136,8 +137,9 @@ def guided_delay(result: Result, epsilon: float = 0.05, level: float | None = No
 
         import jaxmoe.scaling
         result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
-        jaxmoe.scaling.guided_delay(result)              # (2, 2), NaN where not recovered
-        jaxmoe.scaling.guided_delay(result, level=0.5)   # the same pairs, timed at alignment 0.5
+        delay = jaxmoe.scaling.guided_delay(result)      # NaN where not recovered
+        assert delay.shape == (2, 2)                     # (S, m*)
+        halfway = jaxmoe.scaling.guided_delay(result, level=0.5)   # the same pairs, timed at alignment 0.5
     """
     level = 1.0 - epsilon if level is None else float(level)
     if not 0.0 < level < 1.0:

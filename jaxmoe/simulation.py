@@ -99,9 +99,10 @@ def simulate(
 
     Example::
 
-        result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=3, t_max=200.0)
+        result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
         print(jaxmoe.format_summary(result))
-        sgd = jaxmoe.simulate(result.config, method="online", learning_rate=0.05, batch_size=256, t_max=20.0)
+        sgd = jaxmoe.simulate(result.config, method="online", learning_rate=0.05, batch_size=64, t_max=10.0)
+        assert np.array_equal(sgd.seed_index, result.seed_index)    # the same seeds: the same initial students
     """
     if config is None:
         config = SimulationConfig()

@@ -90,7 +90,9 @@ def ks_2samp(sample1, sample2) -> tuple[float, float]:
 
     Example::
 
-        jaxmoe.stats.ks_2samp([1.0, 2.0, 3.0, 4.0], [3.5, 5.0, 6.0, np.inf])   # (0.75, 0.2286)
+        import jaxmoe.stats
+        statistic, pvalue = jaxmoe.stats.ks_2samp([1.0, 2.0, 3.0, 4.0], [3.5, 5.0, 6.0, np.inf])
+        assert statistic == 0.75 and np.allclose(pvalue, 0.2286, atol=1e-4)
     """
     a = np.sort(np.asarray(sample1, dtype=float).ravel())
     b = np.sort(np.asarray(sample2, dtype=float).ravel())

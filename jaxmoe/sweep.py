@@ -58,7 +58,7 @@ class Point:
     Example::
 
         points = jaxmoe.grid_points({"m": 4, "m_star": 2, "seeds": 2, "t_max": 200.0}, {"d": [100, 400]})
-        points[1].name, points[1].values, points[1].config.d     # '001-d=400', {'d': 400}, 400
+        assert (points[1].name, points[1].values, points[1].config.d) == ("001-d=400", {"d": 400}, 400)
     """
 
     name: str
@@ -89,7 +89,7 @@ def grid_points(base: dict[str, Any], grid: dict[str, list]) -> list[Point]:
     Example::
 
         points = jaxmoe.grid_points({"m": 4, "m_star": 2}, {"d": [100, 1000], "method": ["flow", "online"]})
-        [p.name for p in points]   # ['000-d=100-method=flow', '001-d=100-method=online', …]
+        assert [p.name for p in points][:2] == ["000-d=100-method=flow", "001-d=100-method=online"]   # 4 in all
     """
     for where, table in (("[base]", base), ("[grid]", grid)):
         unknown = sorted(set(table) - set(_FIELDS))
@@ -134,7 +134,8 @@ def read_grid(path: str | Path) -> list[Point]:
             [grid]
             d = [100, 1000]
         ''')
-        points = jaxmoe.read_grid("grid.toml")     # two points
+        points = jaxmoe.read_grid("grid.toml")
+        assert [p.config.d for p in points] == [100, 1000]
     """
     path = Path(path)
     try:
@@ -169,6 +170,7 @@ def index_row(point: Point, result: Result, epsilon: float = 0.05) -> dict[str, 
 
         points = jaxmoe.grid_points({"m": 4, "m_star": 2, "seeds": 2, "t_max": 200.0}, {"d": [100, 400]})
         row = jaxmoe.sweep.index_row(points[0], jaxmoe.simulate(points[0].config))
+        print(row)      # the point's settings, final losses, recovery times, statuses
     """
     from .observables import recovery
 

@@ -89,7 +89,9 @@ def voronoi_cells(fitted_groups, true_groups) -> Array:
 
     Example::
 
-        voronoi_cells([jnp.array([[0.1], [0.9], [1.2]])], [jnp.array([[0.0], [1.0]])])  # [0, 1, 1]
+        import jaxmoe.voronoi
+        cells = jaxmoe.voronoi.voronoi_cells([jnp.array([[0.1], [0.9], [1.2]])], [jnp.array([[0.0], [1.0]])])
+        assert cells.tolist() == [0, 1, 1]
     """
     fitted, true = _flat(fitted_groups), _flat(true_groups)
     distance = jnp.sum((fitted[:, None, :] - true[None, :, :]) ** 2, axis=-1)  # (k, k*)
@@ -126,9 +128,10 @@ def voronoi_loss(
 
     Example::
 
-        b0 = jnp.zeros(2); atoms = [jnp.array([[1.0], [-1.0]])]
-        voronoi_loss(b0, atoms, b0, atoms)                                   # 0.0
-        voronoi_loss(b0, [jnp.array([[1.1], [-1.0]])], b0, atoms)            # exp(0)·0.1 = 0.1
+        from jaxmoe.voronoi import voronoi_loss
+        b0, atoms = jnp.zeros(2), [jnp.array([[1.0], [-1.0]])]
+        assert voronoi_loss(b0, atoms, b0, atoms) == 0.0
+        assert np.allclose(voronoi_loss(b0, [jnp.array([[1.1], [-1.0]])], b0, atoms), 0.1)   # exp(0)·0.1
     """
     k_star = true_beta0.shape[0]
     cells = voronoi_cells(fitted_groups, true_groups)  # (k,)
@@ -204,7 +207,9 @@ def softmax_gauge(beta0: Float[Array, " k"], beta1: Float[Array, "k D"] | None =
 
     Example::
 
-        softmax_gauge(jnp.array([1.0, 1.0]), jnp.array([[3.0], [1.0]]))   # ([-log 2, -log 2], [[1.], [-1.]])
+        import jaxmoe.voronoi
+        beta0, beta1 = jaxmoe.voronoi.softmax_gauge(jnp.array([1.0, 1.0]), jnp.array([[3.0], [1.0]]))
+        assert np.allclose(beta0, -np.log(2)) and np.allclose(beta1, [[1.0], [-1.0]])
     """
     beta0 = beta0 - jax.nn.logsumexp(beta0)
     if beta1 is None or not translate_slopes:

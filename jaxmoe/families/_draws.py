@@ -77,7 +77,8 @@ def is_classic(gate, expert_fn) -> bool:
 
     Example::
 
-        is_classic("sigmoid", "he3"), is_classic("softmax", "he3")   # (True, False)
+        import jaxmoe.families
+        assert jaxmoe.families.is_classic("sigmoid", "he3") and not jaxmoe.families.is_classic("softmax", "he3")
     """
     return as_gate(gate).independent and as_expert(expert_fn).hermite
 
@@ -91,7 +92,8 @@ def num_vectors(m: int, gate="sigmoid", expert_fn="he3") -> int:
 
     Example::
 
-        num_vectors(4, "hierarchical:groups=2", "mlp:hidden=3")   # 4 + 2 + 12 = 18
+        import jaxmoe.families
+        assert jaxmoe.families.num_vectors(4, "hierarchical:groups=2", "mlp:hidden=3") == 4 + 2 + 12
     """
     gate, expert = as_gate(gate), as_expert(expert_fn)
     hidden = expert.hidden if expert.name == "mlp" else 1
@@ -150,8 +152,9 @@ def init_mixture_student(
 
     Example::
 
-        student = init_mixture_student(4, 50, "softmax", "linear", key=jax.random.PRNGKey(1))
-        student.router.shape, student.bias.shape     # (4, 50), (4,)
+        import jaxmoe.families
+        student = jaxmoe.families.init_mixture_student(4, 50, "softmax", "linear", key=jax.random.PRNGKey(1))
+        assert student.router.shape == (4, 50) and student.bias.shape == (4,)
     """
     check_size("m", m)
     check_size("dim", dim)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from ..base import Model, unit
@@ -39,7 +40,7 @@ class Mixture(Model):
     families, groups that do not divide m, or k outside 1..m.
     """
 
-    router: Float[Array, "m D"]
+    router: Float[Array | np.ndarray, "*batch m D"]  # leading axes: one model per seed (as `MoE`)
     expert: Array
     group_router: Array | None = None
     bias: Array | None = None
@@ -121,7 +122,7 @@ class Mixture(Model):
         """The `Gate` and `Expert` specifications as strings, e.g. ``("softmax:tau=0.5", "mlp:hidden=4")``."""
         return str(self.gate), str(self.expert_fn)
 
-    def arrays(self) -> dict[str, Array]:
+    def arrays(self) -> dict[str, Array | np.ndarray]:
         """The arrays by name: ``router``, ``expert`` and, where present, ``group_router``, ``bias``, ``output``."""
         out = {"router": self.router, "expert": self.expert}
         for name in ("group_router", "bias", "output"):
@@ -155,8 +156,9 @@ def mixture_forward(model: Mixture, x: Float[Array, "n D"], t=None) -> Float[Arr
 
     Example::
 
-        teacher = init_mixture_teacher(2, 6, "topk:k=1", "linear", key=jax.random.PRNGKey(0))
-        mixture_forward(teacher, jnp.ones((3, 6))).shape       # (3,)
+        import jaxmoe.families
+        teacher = jaxmoe.families.init_mixture_teacher(2, 6, "topk:k=1", "linear", key=jax.random.PRNGKey(0))
+        assert jaxmoe.families.mixture_forward(teacher, jnp.ones((3, 6))).shape == (3,)
     """
     return model.forward(x, t)
 

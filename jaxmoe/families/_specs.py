@@ -108,8 +108,10 @@ class Gate:
 
     Example::
 
-        Gate.from_string("temperature:tau=0.5") == Gate("temperature", tau=0.5)   # True
-        Gate("temperature", tau=1.0, tau_final=0.1, decay=50.0).temperature(50.0)  # 0.1 + 0.9/e
+        from jaxmoe.families import Gate
+        assert Gate.from_string("temperature:tau=0.5") == Gate("temperature", tau=0.5)
+        schedule = Gate("temperature", tau=1.0, tau_final=0.1, decay=50.0)
+        assert np.allclose(schedule.temperature(50.0), 0.1 + 0.9 / np.e)
     """
 
     name: str
@@ -186,7 +188,8 @@ class Expert:
 
     Example::
 
-        Expert.from_string("mlp:hidden=4,act=gelu") == Expert("mlp", hidden=4, activation="gelu")  # True
+        from jaxmoe.families import Expert
+        assert Expert.from_string("mlp:hidden=4,act=gelu") == Expert("mlp", hidden=4, activation="gelu")
     """
 
     name: str

@@ -37,10 +37,10 @@ where 0.574 = 2·0.287 is another expert's eigenvalue).
 Example::
 
     import jaxmoe.prune
-    result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2, t_max=200.0)
+    result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
     pruned = jaxmoe.prune.prune(result)                    # rule "best"
-    pruned.kept                                            # (S, m*) student kept per teacher
-    pruned.rate, pruned.predicted_rate                     # fitted rate r, predicted 2·λ_min
+    assert pruned.kept.shape == (2, 2)                     # (S, m*): the student kept per teacher
+    print(pruned.rate, pruned.predicted_rate)              # fitted rate r, predicted 2·λ_min
     jaxmoe.prune.save_prune(pruned, "runs/example/prune")  # config.json, result.npz, prune.csv, figures
 
 From the command line: ``jaxmoe prune RUN_FOLDER [--rule best] [--t-max 200]``.

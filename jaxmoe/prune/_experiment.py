@@ -38,9 +38,9 @@ class PruneResult:
     Example::
 
         import jaxmoe.prune
-        result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2, t_max=200.0)
+        result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
         pruned = jaxmoe.prune.prune(result)
-        pruned.rate, pruned.predicted_rate, pruned.strongly_convex
+        print(pruned.rate, pruned.predicted_rate, pruned.strongly_convex)
     """
 
     selection: Selection
@@ -138,7 +138,7 @@ def prune(
     Example::
 
         import jaxmoe.prune
-        result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2, t_max=200.0)
+        result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
         pruned = jaxmoe.prune.prune(result, rule="contribution")
         print(jaxmoe.prune.format_prune_table(pruned))
     """

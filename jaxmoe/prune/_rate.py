@@ -26,7 +26,8 @@ class LinearFit:
         import jaxmoe.prune
         t = np.linspace(0.0, 50.0, 101)
         fit = jaxmoe.prune.fit_linear_rate(t, np.stack([np.exp(-0.5 * t), np.exp(-t)]))
-        fit.rate, fit.t_end        # [0.5, 1.0] and where each curve met the floor
+        assert np.allclose(fit.rate, [0.5, 1.0])
+        print(fit.t_end)           # where each curve met the floor
     """
 
     rate: np.ndarray
@@ -55,7 +56,7 @@ def fit_linear_rate(times, loss, *, floor: float = DEFAULT_FLOOR, fraction: floa
 
         import jaxmoe.prune
         t = np.linspace(0, 50, 101)
-        jaxmoe.prune.fit_linear_rate(t, 3 * np.exp(-0.7 * t)).rate   # 0.7
+        assert np.allclose(jaxmoe.prune.fit_linear_rate(t, 3 * np.exp(-0.7 * t)).rate, 0.7)
     """
     times = np.asarray(times, dtype=float)
     loss = np.asarray(loss, dtype=float)

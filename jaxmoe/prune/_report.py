@@ -43,7 +43,7 @@ def plot_prune_loss(pruned: PruneResult, ax=None):
     Example::
 
         import jaxmoe.prune
-        result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2, t_max=200.0)
+        result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
         pruned = jaxmoe.prune.prune(result)
         fig = jaxmoe.prune.plot_prune_loss(pruned)
     """
@@ -99,7 +99,7 @@ def plot_spectrum(pruned: PruneResult, ax=None):
     Example::
 
         import jaxmoe.prune
-        result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2, t_max=200.0)
+        result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
         pruned = jaxmoe.prune.prune(result)
         fig = jaxmoe.prune.plot_spectrum(pruned)
     """
@@ -153,7 +153,7 @@ def prune_csv(pruned: PruneResult) -> str:
     Example::
 
         import jaxmoe.prune
-        result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2, t_max=200.0)
+        result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
         pruned = jaxmoe.prune.prune(result)
         print(jaxmoe.prune.prune_csv(pruned))
     """
@@ -175,7 +175,7 @@ def format_prune_table(pruned: PruneResult) -> str:
     Example::
 
         import jaxmoe.prune
-        result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2, t_max=200.0)
+        result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
         pruned = jaxmoe.prune.prune(result)
         print(jaxmoe.prune.format_prune_table(pruned))
     """
@@ -211,10 +211,10 @@ def save_prune(pruned: PruneResult, folder: str | os.PathLike) -> list[Path]:
     Example::
 
         import jaxmoe.prune
-        result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2, t_max=200.0)
+        result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
         pruned = jaxmoe.prune.prune(result)
         jaxmoe.prune.save_prune(pruned, "runs/example/prune")
-        jaxmoe.load("runs/example/prune").config.m          # 2 = m*
+        assert jaxmoe.load("runs/example/prune").config.m == 2     # m*
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -57,9 +57,12 @@ def conditional_loss(
 
     Example::
 
-        teacher = init_mixture_teacher(2, 12, "softmax", "he3", key=jax.random.PRNGKey(0))
-        student = init_mixture_student(4, 12, "softmax", "he3", key=jax.random.PRNGKey(1))
-        conditional_loss(student, teacher)     # ≈ mixture_loss_monte_carlo(…)[0]
+        import jaxmoe.families, jaxmoe.quadrature
+        teacher = jaxmoe.families.init_mixture_teacher(2, 12, "softmax", "he3", key=jax.random.PRNGKey(0))
+        student = jaxmoe.families.init_mixture_student(4, 12, "softmax", "he3", key=jax.random.PRNGKey(1))
+        loss = jaxmoe.quadrature.conditional_loss(student, teacher)
+        mean, se = jaxmoe.quadrature.mixture_loss_monte_carlo(student, teacher, key=jax.random.PRNGKey(2), num_samples=10**5)
+        assert abs(loss - mean) < 4 * se + 0.01 * mean      # within the rule's stated error (`stated_error`)
     """
     check_pair(student, teacher, Mixture)
     if not (is_polynomial(student) and is_polynomial(teacher)):

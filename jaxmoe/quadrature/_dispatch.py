@@ -40,7 +40,7 @@ def uses_pair_kernel(student: Mixture, teacher: Mixture) -> bool:
     return independent and is_polynomial(student) and is_polynomial(teacher) and not is_exact(student, teacher)
 
 
-def loss_rule(student: Mixture, teacher: Mixture) -> str:
+def loss_rule(student: Model, teacher: Model) -> str:
     """Which rule `mixture_loss` uses for this pair of families: one of `LOSS_RULES`.
 
     ``"exact"`` (`is_exact`), ``"pair kernel"`` (`uses_pair_kernel`),
@@ -50,9 +50,11 @@ def loss_rule(student: Mixture, teacher: Mixture) -> str:
 
     Example::
 
-        teacher = init_mixture_teacher(2, 12, "softmax", "he3", key=jax.random.PRNGKey(0))
-        student = init_mixture_student(4, 12, "softmax", "he3", key=jax.random.PRNGKey(1))
-        loss_rule(student, teacher), stated_error(student, teacher)   # ("conditional", 0.01)
+        import jaxmoe.families, jaxmoe.quadrature
+        teacher = jaxmoe.families.init_mixture_teacher(2, 12, "softmax", "he3", key=jax.random.PRNGKey(0))
+        student = jaxmoe.families.init_mixture_student(4, 12, "softmax", "he3", key=jax.random.PRNGKey(1))
+        assert jaxmoe.quadrature.loss_rule(student, teacher) == "conditional"
+        assert jaxmoe.quadrature.stated_error(student, teacher) == 0.01
     """
     if is_exact(student, teacher):
         return "exact"
@@ -124,8 +126,13 @@ def rule_nodes(
 
     Example::
 
-        points, weights = rule_nodes(student, teacher, seed=1)
-        jax.jit(loss_on_nodes)(student, teacher, points, weights)   # the rule, scrambled by seed 1
+        import jaxmoe.families, jaxmoe.quadrature as Q
+        teacher = jaxmoe.families.init_mixture_teacher(2, 12, "softmax", "he3", key=jax.random.PRNGKey(0))
+        student = jaxmoe.families.init_mixture_student(4, 12, "softmax", "he3", key=jax.random.PRNGKey(1))
+        rule = jax.jit(Q.loss_on_nodes)
+        assert np.allclose(rule(student, teacher, *Q.rule_nodes(student, teacher)), Q.mixture_loss(student, teacher))
+        other = rule(student, teacher, *Q.rule_nodes(student, teacher, seed=1))   # scrambled by seed 1, same compilation
+        assert abs(other - Q.mixture_loss(student, teacher)) < Q.stated_error(student, teacher) * other
     """
     rule = loss_rule(student, teacher)
     if rule == "conditional":
@@ -184,9 +191,11 @@ def mixture_loss(student: Model, teacher: Model, t=None, *, nodes: int | None = 
 
     Example::
 
-        teacher = init_mixture_teacher(2, 8, "softmax", "linear", key=jax.random.PRNGKey(0))
-        student = init_mixture_student(4, 8, "softmax", "linear", key=jax.random.PRNGKey(1))
-        loss, grad = jax.value_and_grad(mixture_loss)(student, teacher)
+        import jaxmoe.families, jaxmoe.quadrature
+        teacher = jaxmoe.families.init_mixture_teacher(2, 8, "softmax", "linear", key=jax.random.PRNGKey(0))
+        student = jaxmoe.families.init_mixture_student(4, 8, "softmax", "linear", key=jax.random.PRNGKey(1))
+        loss, grad = jax.value_and_grad(jaxmoe.quadrature.mixture_loss)(student, teacher)
+        assert grad.router.shape == student.router.shape == (4, 8)
     """
     check_pair(student, teacher, Model)
     rule = loss_rule(student, teacher)

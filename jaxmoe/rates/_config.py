@@ -90,7 +90,8 @@ def num_parameters(setting: str | Setting, dim: int, likelihood: str | None = No
 
     Example::
 
-        num_parameters("softmax-exact", 1)   # 2·2 + 2·2 + 2 = 10
+        import jaxmoe.rates
+        assert jaxmoe.rates.num_parameters("softmax-exact", 1) == 2 * 2 + 2 * 2 + 2
     """
     s = SETTINGS[setting] if isinstance(setting, str) else setting
     lik = likelihood or s.likelihood
@@ -135,8 +136,14 @@ class RatesConfig:
 
     Example::
 
-        config = RatesConfig(settings=("softmax-exact",), ns=(100, 1000), replicates=4)
-        config.replace(replicates=1)   # ValueError: replicates must be an integer ≥ 2; got 1
+        import jaxmoe.rates
+        config = jaxmoe.rates.RatesConfig(settings=("softmax-exact",), ns=(100, 1000), replicates=4)
+        try:
+            config.replace(replicates=1)
+        except ValueError as err:
+            assert str(err) == "replicates must be an integer ≥ 2; got 1"
+        else:
+            raise AssertionError("one replicate was accepted")
     """
 
     settings: tuple = DEFAULT_SETTINGS

@@ -36,7 +36,8 @@ def teacher_parameters(setting: str, dim: int, noise: float, tau: float, dtype=N
 
     Example::
 
-        teacher_parameters("softmax-exact", 2, 0.3, 0.5)["beta1"]   # [[2., 0.], [-1., 0.]]
+        import jaxmoe.rates
+        assert np.allclose(jaxmoe.rates.teacher_parameters("softmax-exact", 2, 0.3, 0.5)["beta1"], [[2.0, 0.0], [-1.0, 0.0]])
     """
     s = SETTINGS[setting]
     dtype = dtype or jnp.zeros(()).dtype

@@ -18,7 +18,10 @@ def format_table(result: RatesResult) -> str:
 
     Example::
 
-        print(jaxmoe.rates.format_table(result))   # one row per setting
+        import jaxmoe.rates
+        result = jaxmoe.rates.rates(jaxmoe.rates.RatesConfig(settings=("softmax-exact",), ns=(100, 1000), replicates=4))
+        table = jaxmoe.rates.format_table(result)
+        assert len(table.splitlines()) == 2 + 1     # head, rule, one row per setting
     """
     lines = ["| setting | gate | experts | k / k* | fit | measured exponent | 95% bootstrap interval | theory | "
              "exponent over the last decade | median loss at largest n | fits used |",
@@ -43,6 +46,8 @@ def plot_rates(result: RatesResult, ax=None):
 
     Example::
 
+        import jaxmoe.rates
+        result = jaxmoe.rates.rates(jaxmoe.rates.RatesConfig(settings=("softmax-exact",), ns=(100, 1000), replicates=4))
         fig = jaxmoe.rates.plot_rates(result)
     """
     from ..plot import colors, figure
@@ -83,7 +88,10 @@ def write_rates(result: RatesResult, folder: str | os.PathLike) -> list[Path]:
 
     Example::
 
-        jaxmoe.rates.write_rates(result, "runs/rates")
+        import jaxmoe.rates
+        result = jaxmoe.rates.rates(jaxmoe.rates.RatesConfig(settings=("softmax-exact",), ns=(100, 1000), replicates=4))
+        paths = jaxmoe.rates.write_rates(result, "runs/rates")
+        assert all(path.is_file() for path in paths)
     """
     from ..plot import write_png
 
@@ -125,7 +133,11 @@ def load_rates(folder: str | os.PathLike) -> RatesResult:
 
     Example::
 
-        result = jaxmoe.rates.load_rates("runs/rates")
+        import jaxmoe.rates
+        result = jaxmoe.rates.rates(jaxmoe.rates.RatesConfig(settings=("softmax-exact",), ns=(100, 1000), replicates=4))
+        jaxmoe.rates.write_rates(result, "runs/rates")
+        again = jaxmoe.rates.load_rates("runs/rates")
+        assert np.array_equal(again.loss, result.loss)
     """
     folder = Path(folder)
     header = read_header(folder / "config.json", "jaxmoe.rates", 1)
