@@ -134,8 +134,7 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -
 
         jaxmoe.stats.wilson_interval(0, 64)    # (0.0, 0.0565)
     """
-    if not (isinstance(trials, (int, np.integer)) and isinstance(successes, (int, np.integer))) or trials < 1 \
-            or not 0 <= successes <= trials:
+    if not (isinstance(trials, (int, np.integer)) and isinstance(successes, (int, np.integer))) or trials < 1 or not 0 <= successes <= trials:
         raise ValueError(f"wilson_interval needs integers 0 ≤ successes ≤ trials, trials ≥ 1; got {successes}, {trials}")
     p = successes / trials
     scale = 1.0 + z * z / trials

@@ -42,8 +42,7 @@ def _scipy_tobit(x, y, observed, start):
         z = (y - p[0] - p[1] * x) / p[2]
         return -(np.sum(scipy.stats.norm.logpdf(z[observed]) - np.log(p[2])) + np.sum(scipy.stats.norm.logsf(z[~observed])))
 
-    fit = scipy.optimize.minimize(negative, start, method="Nelder-Mead",
-                                  options={"xatol": 1e-11, "fatol": 1e-13, "maxiter": 20000, "maxfev": 40000})
+    fit = scipy.optimize.minimize(negative, start, method="Nelder-Mead", options={"xatol": 1e-11, "fatol": 1e-13, "maxiter": 20000, "maxfev": 40000})
     return fit.x
 
 
