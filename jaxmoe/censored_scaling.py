@@ -29,8 +29,16 @@ from .agreement import kth_recoveries
 from .results import Result, load, write_atomic
 from .survival import km_median, tobit_fit
 
-__all__ = ["CensoredFit", "censored_recoveries", "censored_exponent", "km_exponent", "censored_fits",
-           "format_censored_fits", "write_censored", "load_scaling"]
+__all__ = [
+    "CensoredFit",
+    "censored_recoveries",
+    "censored_exponent",
+    "km_exponent",
+    "censored_fits",
+    "format_censored_fits",
+    "write_censored",
+    "load_scaling",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,24 +177,41 @@ def censored_fits(results: dict[int, Result], epsilon: float, *, bootstrap: int 
         observed = [o[:, k] for _, o in per_d]
         b, low, high, a, sigma = censored_exponent(dims, times, observed, bootstrap=bootstrap, seed=k)
         kb, klow, khigh, medians = km_exponent(dims, times, observed, bootstrap=bootstrap, seed=100 + k)
-        fits.append(CensoredFit(
-            k + 1, b, low, high, a, sigma, kb, klow, khigh, tuple(int(d) for d in dims),
-            tuple(len(o) for o in observed), tuple(int(np.sum(~o)) for o in observed), medians,
-        ))
+        fits.append(
+            CensoredFit(
+                k + 1,
+                b,
+                low,
+                high,
+                a,
+                sigma,
+                kb,
+                klow,
+                khigh,
+                tuple(int(d) for d in dims),
+                tuple(len(o) for o in observed),
+                tuple(int(np.sum(~o)) for o in observed),
+                medians,
+            )
+        )
     return fits
 
 
 def format_censored_fits(fits: list[CensoredFit]) -> str:
     """Two markdown tables: the exponents per rank, and per (d, rank) the censored seeds and KM medians."""
-    lines = ["| recovery | Tobit exponent b | 95% bootstrap interval | σ of log t | prefactor "
-             "| KM-median exponent | 95% bootstrap interval | censored seeds (all d) |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| recovery | Tobit exponent b | 95% bootstrap interval | σ of log t | prefactor "
+        "| KM-median exponent | 95% bootstrap interval | censored seeds (all d) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for f in fits:
-        lines.append(f"| {f.rank} | {f.exponent:.3f} | [{f.low:.3f}, {f.high:.3f}] | {f.sigma:.3f} | {f.prefactor:.3g} "
-                     f"| {f.km_exponent:.3f} | [{f.km_low:.3f}, {f.km_high:.3f}] | {sum(f.censored)} of {sum(f.seeds)} |")
+        lines.append(
+            f"| {f.rank} | {f.exponent:.3f} | [{f.low:.3f}, {f.high:.3f}] | {f.sigma:.3f} | {f.prefactor:.3g} "
+            f"| {f.km_exponent:.3f} | [{f.km_low:.3f}, {f.km_high:.3f}] | {sum(f.censored)} of {sum(f.seeds)} |"
+        )
     if not fits:
         return "\n".join(lines)
-    lines += ["", "| d | " + " | ".join(f"recovery {f.rank}: censored, KM median" for f in fits) + " |",
-              "|---|" + "---|" * len(fits)]
+    lines += ["", "| d | " + " | ".join(f"recovery {f.rank}: censored, KM median" for f in fits) + " |", "|---|" + "---|" * len(fits)]
     for g, d in enumerate(fits[0].dims):
         cells = [f"{f.censored[g]} of {f.seeds[g]}, {f.km_medians[g]:.4g}" for f in fits]
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
@@ -200,9 +225,11 @@ def write_censored(fits: list[CensoredFit], folder: str | Path) -> list[Path]:
     out.write("rank,exponent,low,high,prefactor,sigma,km_exponent,km_low,km_high,dims,seeds,censored,km_medians\n")
     for f in fits:
         join = lambda v: ";".join(f"{x:.6g}" if isinstance(x, float) else str(x) for x in v)  # noqa: E731
-        out.write(f"{f.rank},{f.exponent:.6g},{f.low:.6g},{f.high:.6g},{f.prefactor:.6g},{f.sigma:.6g},"
-                  f"{f.km_exponent:.6g},{f.km_low:.6g},{f.km_high:.6g},{join(f.dims)},{join(f.seeds)},"
-                  f"{join(f.censored)},{join(f.km_medians)}\n")
+        out.write(
+            f"{f.rank},{f.exponent:.6g},{f.low:.6g},{f.high:.6g},{f.prefactor:.6g},{f.sigma:.6g},"
+            f"{f.km_exponent:.6g},{f.km_low:.6g},{f.km_high:.6g},{join(f.dims)},{join(f.seeds)},"
+            f"{join(f.censored)},{join(f.km_medians)}\n"
+        )
     write_atomic(folder / "censored_fit.csv", out.getvalue().encode())
     write_atomic(folder / "censored_fit.md", (format_censored_fits(fits) + "\n").encode())
     return [folder / "censored_fit.csv", folder / "censored_fit.md"]
