@@ -72,7 +72,9 @@ class ScalingFit:
     missing: int  # seeds that had not recovered by t_max
 
 
-def fit_exponent(dims: np.ndarray, times: list[np.ndarray], *, bootstrap: int = 1000, seed: int = 0) -> tuple[float, float, float, float]:
+def fit_exponent(
+    dims: np.ndarray, times: list[np.ndarray], *, bootstrap: int = 1000, seed: int = 0
+) -> tuple[float, float, float, float]:
     """Least-squares slope of log t against log d, with a bootstrap 95% interval.
 
     Fits ``log t = log a + b log d`` over all (d, seed) points by ordinary
@@ -209,14 +211,8 @@ def scaling(
     for d in dims:
         horizon = float(t_max) if t_max is not None else default_t_max(d)
         run = config.replace(
-            d=d,
-            t_max=horizon,
-            time_grid="log",
-            num_times=max(config.num_times, 400),
-            t_first=1e-4,
-            loss_threshold=None,
-            recovery_epsilon=epsilon,
-            method="flow",
+            d=d, t_max=horizon, time_grid="log", num_times=max(config.num_times, 400), t_first=1e-4,
+            loss_threshold=None, recovery_epsilon=epsilon, method="flow",
         )
         log(f"d = {d}: {run.seeds} seeds, t_max = {horizon:g} ...")
         if folder is None:
@@ -253,7 +249,8 @@ def format_fits(fits: list[ScalingFit]) -> str:
         fits, results = jaxmoe.scaling.scaling(config, dims=(100, 400), t_max=300.0, bootstrap=100)
         print(jaxmoe.scaling.format_fits(fits))
     """
-    lines = ["| recovery | exponent b (t ∝ d^b) | 95% bootstrap interval | prefactor | seeds used | not recovered |", "|---|---|---|---|---|---|"]
+    lines = ["| recovery | exponent b (t ∝ d^b) | 95% bootstrap interval | prefactor | seeds used | not recovered |",
+             "|---|---|---|---|---|---|"]
     for f in fits:
         lines.append(f"| {f.rank} | {f.exponent:.3f} | [{f.low:.3f}, {f.high:.3f}] | {f.prefactor:.3g} | {f.points} | {f.missing} |")
     return "\n".join(lines)
@@ -274,7 +271,8 @@ def format_delays(results: dict[int, Result], epsilon: float) -> str:
         fits, results = jaxmoe.scaling.scaling(config, dims=(100, 400), t_max=300.0, bootstrap=100)
         print(jaxmoe.scaling.format_delays(results, epsilon=0.05))
     """
-    lines = ["| d | pairs | router after expert | median delay | q25 | q75 | router after expert, timed at 0.5 |", "|---|---|---|---|---|---|---|"]
+    lines = ["| d | pairs | router after expert | median delay | q25 | q75 | router after expert, timed at 0.5 |",
+             "|---|---|---|---|---|---|---|"]
     for d, r in results.items():
         delay = guided_delay(r, epsilon)
         delay = delay[np.isfinite(delay)]
@@ -315,8 +313,10 @@ def plot_scaling(fits: list[ScalingFit], results: dict[int, Result], epsilon: fl
             jitter = d * np.exp(0.04 * (f.rank - (len(fits) + 1) / 2))
             ax[0].scatter(np.full(t.shape, jitter), t, s=6, color=color, alpha=0.35)
         grid = np.geomspace(dims.min(), dims.max(), 50)
-        ax[0].plot(grid, f.prefactor * grid**f.exponent, color=color, label=f"recovery {f.rank}: b = {f.exponent:.2f} [{f.low:.2f}, {f.high:.2f}]")
-    ax[0].plot(grid, grid**0.5 * (fits[0].prefactor * dims.min() ** fits[0].exponent) / dims.min() ** 0.5, color="k", ls=":", label="√d (theory)")
+        ax[0].plot(grid, f.prefactor * grid**f.exponent, color=color,
+                   label=f"recovery {f.rank}: b = {f.exponent:.2f} [{f.low:.2f}, {f.high:.2f}]")
+    ax[0].plot(grid, grid**0.5 * (fits[0].prefactor * dims.min() ** fits[0].exponent) / dims.min() ** 0.5,
+               color="k", ls=":", label="√d (theory)")
     ax[0].set_xscale("log")
     ax[0].set_yscale("log")
     ax[0].set_xlabel("dimension d")
@@ -368,18 +368,14 @@ def write_scaling(
         if not (folder / f"d{d}" / "result.npz").is_file() or load(folder / f"d{d}").config != result.config:
             save(result, folder / f"d{d}")
     out = io.StringIO()
-    out.write(
-        "d,seed,"
-        + ",".join(f"recovery_{k + 1}" for k in range(config.m_star))
-        + ","
-        + ",".join(f"delay_teacher_{j + 1}" for j in range(config.m_star))
-        + "\n"
-    )
+    out.write("d,seed," + ",".join(f"recovery_{k + 1}" for k in range(config.m_star)) + ","
+              + ",".join(f"delay_teacher_{j + 1}" for j in range(config.m_star)) + "\n")
     for d, r in results.items():
         ordered = np.sort(recovery(r.expert_alignment, r.times, epsilon)[0], axis=1)
         delay = guided_delay(r, epsilon)
         for s in range(r.num_seeds):
-            out.write(f"{d},{r.seed_index[s]}," + ",".join(f"{t:.6g}" for t in ordered[s]) + "," + ",".join(f"{t:.6g}" for t in delay[s]) + "\n")
+            out.write(f"{d},{r.seed_index[s]}," + ",".join(f"{t:.6g}" for t in ordered[s]) + ","
+                      + ",".join(f"{t:.6g}" for t in delay[s]) + "\n")
     write_atomic(folder / "scaling.csv", out.getvalue().encode())
     fit_csv = "rank,exponent,low,high,prefactor,points,missing\n" + "".join(
         f"{f.rank},{f.exponent:.6g},{f.low:.6g},{f.high:.6g},{f.prefactor:.6g},{f.points},{f.missing}\n" for f in fits
@@ -390,11 +386,9 @@ def write_scaling(
     censored = censored_fits(results, epsilon, bootstrap=bootstrap) if censored is None else censored
     write_censored(censored, folder)
     report = "## Recovery time against d\n\n" + format_fits(fits) + "\n\n## Guided by the experts\n\n" + format_delays(results, epsilon) + "\n"
-    report += (
-        "\n## Censored seeds kept in\n\nSeeds without the k-th recovery when their run stopped enter as "
-        "censored at that time: a censored normal (Tobit) fit of log t on log d, and the slope through the "
-        "Kaplan–Meier medians per d.\n\n" + format_censored_fits(censored) + "\n"
-    )
+    report += ("\n## Censored seeds kept in\n\nSeeds without the k-th recovery when their run stopped enter as "
+               "censored at that time: a censored normal (Tobit) fit of log t on log d, and the slope through the "
+               "Kaplan–Meier medians per d.\n\n" + format_censored_fits(censored) + "\n")
     write_atomic(folder / "scaling.md", report.encode())
     header = {"format": "jaxmoe.scaling", "version": 1, "config": config.to_dict(), "dims": list(results), "epsilon": epsilon}
     write_atomic(folder / "config.json", (json.dumps(header, indent=2) + "\n").encode())

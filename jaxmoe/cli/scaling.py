@@ -28,21 +28,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     scl.add_argument("--out", type=Path, default=None, help="output folder (default runs/scaling-<date>-<time>)")
     scl.add_argument("--overwrite", action="store_true", help="replace a scaling experiment already in --out")
     scl.add_argument("--quiet", action="store_true", help="no progress bar")
-    scl.add_argument(
-        "--chunk",
-        type=int,
-        default=None,
-        help="seeds per chunk at each d; finished dimensions and chunks are saved, and rerunning the "
-        "same command resumes (default: all seeds of a d at once)",
-    )
-    scl.add_argument(
-        "--refit",
-        type=Path,
-        default=None,
-        metavar="FOLDER",
-        help="simulate nothing: refit the saved results of a finished scaling FOLDER and rewrite its "
-        "tables and figure (e.g. to add the censored fits to an older run)",
-    )
+    scl.add_argument("--chunk", type=int, default=None,
+                     help="seeds per chunk at each d; finished dimensions and chunks are saved, and rerunning the "
+                     "same command resumes (default: all seeds of a d at once)")
+    scl.add_argument("--refit", type=Path, default=None, metavar="FOLDER",
+                     help="simulate nothing: refit the saved results of a finished scaling FOLDER and rewrite its "
+                     "tables and figure (e.g. to add the censored fits to an older run)")
     return scl
 
 
@@ -96,22 +87,15 @@ def run(args) -> int:
     out = output_folder(args, "scaling", "scaling.md", config.state_dtype)
     from ..scaling import format_delays, format_fits, scaling, write_scaling
 
-    print(f"jaxmoe scaling: m = {config.m}, m* = {config.m_star}, {config.seeds} seeds per d, d in {dims}, reduced coordinates", flush=True)
+    print(f"jaxmoe scaling: m = {config.m}, m* = {config.m_star}, {config.seeds} seeds per d, d in {dims}, "
+          f"reduced coordinates", flush=True)
     if args.overwrite:  # a finished run of another configuration would be refused by the resume check
         for d in dims:
             shutil.rmtree(out / f"d{d}", ignore_errors=True)
     try:
-        fits, results = scaling(
-            config,
-            dims,
-            epsilon=args.epsilon,
-            bootstrap=args.bootstrap,
-            t_max=args.horizon,
-            log=lambda text: print(text, flush=True),
-            progress=not args.quiet,
-            folder=out,
-            chunk=args.chunk,
-        )
+        fits, results = scaling(config, dims, epsilon=args.epsilon, bootstrap=args.bootstrap, t_max=args.horizon,
+                                log=lambda text: print(text, flush=True), progress=not args.quiet, folder=out,
+                                chunk=args.chunk)
     except FolderConflict as err:  # d<d>/ holds another run; any other error is a bug
         raise UsageError(str(err)) from None
     write_scaling(fits, results, out, args.epsilon, config, bootstrap=args.bootstrap)
@@ -121,8 +105,6 @@ def run(args) -> int:
     print(format_delays(results, args.epsilon))
     print()
     print((out / "censored_fit.md").read_text().rstrip())
-    print(
-        f"\ntheory: exponent 0.5 (escape time ∝ √d); wrote {out}/: scaling.md, scaling.csv, fit.csv, "
-        f"scaling.png, censored_fit.md, censored_fit.csv, config.json, one result folder per d"
-    )
+    print(f"\ntheory: exponent 0.5 (escape time ∝ √d); wrote {out}/: scaling.md, scaling.csv, fit.csv, "
+          f"scaling.png, censored_fit.md, censored_fit.csv, config.json, one result folder per d")
     return 0
