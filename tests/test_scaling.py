@@ -49,21 +49,11 @@ def test_guided_delay_on_a_constructed_trajectory():
     router[0, :, 1, 0] = np.clip(times / 8.0, 0, 1)  # its router at t = 7.6
     router[0, :, 0, 0] = 1.0  # another student's router: irrelevant
     result = jaxmoe.Result(
-        config=jaxmoe.SimulationConfig(d=10, m=2, m_star=1),
-        times=times,
-        seed_index=np.array([0]),
-        loss=np.ones((1, 11)),
-        expert_alignment=expert,
-        router_alignment=router,
-        status=np.zeros(1, np.int8),
-        t_final=np.array([10.0]),
-        num_steps=np.array([1]),
-        student_router0=np.zeros((1, 2, 4)),
-        student_expert0=np.zeros((1, 2, 4)),
-        teacher_router=np.zeros((1, 1, 4)),
-        teacher_expert=np.zeros((1, 1, 4)),
-        student_router=np.zeros((1, 2, 4)),
-        student_expert=np.zeros((1, 2, 4)),
+        config=jaxmoe.SimulationConfig(d=10, m=2, m_star=1), times=times, seed_index=np.array([0]),
+        loss=np.ones((1, 11)), expert_alignment=expert, router_alignment=router, status=np.zeros(1, np.int8),
+        t_final=np.array([10.0]), num_steps=np.array([1]), student_router0=np.zeros((1, 2, 4)),
+        student_expert0=np.zeros((1, 2, 4)), teacher_router=np.zeros((1, 1, 4)), teacher_expert=np.zeros((1, 1, 4)),
+        student_router=np.zeros((1, 2, 4)), student_expert=np.zeros((1, 2, 4)),
     )
     np.testing.assert_allclose(guided_delay(result), [[3.8]], rtol=1e-12)
     # Timed at alignment 0.5: the expert at t = 2, its router at t = 4.
@@ -74,26 +64,8 @@ def test_guided_delay_on_a_constructed_trajectory():
 
 def test_scaling_command_writes_its_folder(tmp_path, capsys):
     out = tmp_path / "scaling"
-    code = main(
-        [
-            "scaling",
-            "--m",
-            "3",
-            "--m-star",
-            "1",
-            "--seeds",
-            "4",
-            "--dims",
-            "60,240",
-            "--horizon",
-            "300",
-            "--bootstrap",
-            "50",
-            "--quiet",
-            "--out",
-            str(out),
-        ]
-    )
+    code = main(["scaling", "--m", "3", "--m-star", "1", "--seeds", "4", "--dims", "60,240",
+                 "--horizon", "300", "--bootstrap", "50", "--quiet", "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "exponent b" in printed and "router after expert" in printed
@@ -112,29 +84,8 @@ def test_scaling_command_writes_its_folder(tmp_path, capsys):
     assert fit.seeds == (4, 4)
     # A stopped run resumes: the dimensions already saved are loaded, not simulated again.
     (out / "scaling.md").unlink()
-    assert (
-        main(
-            [
-                "scaling",
-                "--m",
-                "3",
-                "--m-star",
-                "1",
-                "--seeds",
-                "4",
-                "--dims",
-                "60,240",
-                "--horizon",
-                "300",
-                "--bootstrap",
-                "50",
-                "--quiet",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(["scaling", "--m", "3", "--m-star", "1", "--seeds", "4", "--dims", "60,240",
+                 "--horizon", "300", "--bootstrap", "50", "--quiet", "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("already holds this run") == 2
     assert (out / "scaling.csv").read_text().strip().splitlines() == rows
     # --refit rewrites the tables from the saved results.
