@@ -3,7 +3,7 @@
     jaxmoe simulate [--d 1000 --m 25 --m-star 5 --seeds 4 ...]
 
 One module per command (`simulate`, `sweep`, `compare`, `scaling`, `prune`,
-`rates`), each with ``add_parser(subparsers)`` and ``run(args)``; the flags
+`rates`, `stuck`, `phase`), each with ``add_parser(subparsers)`` and ``run(args)``; the flags
 they share, one per `SimulationConfig` field, are in `_flags`.
 
 The error policy: bad input ends with one line on stderr and exit code 2,
@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import sys
 
-from . import compare, prune, rates, scaling, simulate, sweep
+from . import compare, phase, prune, rates, scaling, simulate, stuck, sweep
 from ._flags import Parser, UsageError
 
 __all__ = ["COMMANDS", "UsageError", "main", "parser"]
 
-COMMANDS = {"simulate": simulate, "sweep": sweep, "compare": compare, "scaling": scaling, "prune": prune, "rates": rates}
+COMMANDS = {"simulate": simulate, "sweep": sweep, "compare": compare, "scaling": scaling, "prune": prune, "rates": rates,
+            "phase": phase, "stuck": stuck}
 
 
 def parser() -> Parser:
