@@ -20,6 +20,7 @@ import dataclasses
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +173,7 @@ def scaling(
     progress: bool = False,
     folder: str | os.PathLike | None = None,
     chunk: int | None = None,
+    overwrite: bool = False,
 ) -> tuple[list[ScalingFit], dict[int, Result]]:
     """Recovery times against d, seeds vmapped at each d, with fitted exponents.
 
@@ -186,7 +188,9 @@ def scaling(
     - `log`, `progress`: progress lines (default `print`) and the solver's bar.
     - `folder`: if given, each d runs into ``folder/d<d>`` by
       `jaxmoe.chunks.run_chunked` (`chunk` seeds at a time), so a stopped
-      experiment resumes: finished dimensions and chunks are kept.
+      experiment resumes: finished dimensions and chunks are kept (and a
+      grid can grow by new dimensions). With `overwrite`, a ``d<d>/`` holding
+      another configuration is replaced instead of refused.
 
     Every d runs gradient flow (in reduced coordinates unless `config` says
     ``mode="full"``) on a log time grid of
@@ -218,9 +222,16 @@ def scaling(
         if folder is None:
             results[d] = simulate(run, progress=progress)
         else:
-            from .chunks import run_chunked
+            from .chunks import FolderConflict, run_chunked
 
-            results[d] = run_chunked(run, Path(folder) / f"d{d}", chunk=chunk, progress=progress, log=log)
+            try:
+                results[d] = run_chunked(run, Path(folder) / f"d{d}", chunk=chunk, progress=progress, log=log)
+            except FolderConflict:
+                if not overwrite:
+                    raise
+                log(f"{Path(folder) / f'd{d}'} holds another run: replaced")
+                shutil.rmtree(Path(folder) / f"d{d}")
+                results[d] = run_chunked(run, Path(folder) / f"d{d}", chunk=chunk, progress=progress, log=log)
     return rank_fits(results, epsilon, bootstrap=bootstrap), results
 
 

@@ -31,11 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from .chunks import concatenate
+from .phase import full_recovery
 from .results import STATUS_NAMES, Result, load, save, write_atomic
 from .stats import wilson_interval
 from .survival import kaplan_meier, km_median
 
-__all__ = ["STUCK_CLASSES", "classify", "shared_alignment", "extend_seeds", "stuck_rows", "format_stuck",
+__all__ = ["STUCK_CLASSES", "classify", "shared_alignment", "extend_seeds", "stuck_rows", "format_stuck", "format_transitions",
            "plot_stuck", "write_stuck"]
 
 STUCK_CLASSES = ("shared", "unrecovered", "slow", "other")
@@ -124,7 +125,10 @@ def stuck_rows(result: Result, extended: Result | None, epsilon: float = 0.05) -
     when `extended` is given (the unconverged seeds run to a longer horizon):
     ``resolved`` (converged by its horizon), ``median_time`` (Kaplan–Meier
     median time to convergence, ``inf`` when half or more never converged),
-    ``q25``, ``q75`` (KM quartiles, likewise).
+    ``q25``, ``q75`` (KM quartiles, likewise); ``recovered`` and
+    ``recovery_median``: the same for full recovery of every teacher expert
+    at alignment 1 − ε (`jaxmoe.phase.full_recovery`), which a seed can
+    reach before, after or without reaching the loss threshold.
     """
     labels = classify(result, epsilon)
     total = result.num_seeds
@@ -132,6 +136,8 @@ def stuck_rows(result: Result, extended: Result | None, epsilon: float = 0.05) -
     if extended is not None:
         times, converged = _converged_time(extended)
         extended_by_seed = {int(s): (t, c) for s, t, c in zip(extended.seed_index, times, converged)}
+        rt, rc = full_recovery(extended, epsilon)
+        recovered_by_seed = {int(s): (t, c) for s, t, c in zip(extended.seed_index, rt, rc)}
     rows = []
     for name in ("converged",) + STUCK_CLASSES:
         pick = labels == name
@@ -146,6 +152,9 @@ def stuck_rows(result: Result, extended: Result | None, epsilon: float = 0.05) -
             row["extended"] = len(pairs)
             if len(pairs):
                 row.update(median_time=km_median(t, c), q25=_km_quantile(t, c, 0.25), q75=_km_quantile(t, c, 0.75))
+                rt, rc = np.array([recovered_by_seed[int(s)] for s in np.asarray(result.seed_index)[pick]
+                                   if int(s) in recovered_by_seed]).T
+                row.update(recovered=int(rc.sum()), recovery_median=km_median(rt, rc.astype(bool)))
         rows.append(row)
     return rows
 
@@ -154,16 +163,32 @@ def format_stuck(rows: list[dict], horizon: float, extend: float | None) -> str:
     """The class table in markdown."""
     head = f"| class at t = {horizon:g} | seeds | share (Wilson 95%) |"
     if extend is not None:
-        head += f" converged by t = {extend:g} | KM median time to converge | KM q25 – q75 |"
+        head += (f" converged by t = {extend:g} | KM median time to converge | KM q25 – q75 "
+                 f"| every teacher expert recovered by t = {extend:g} | KM median time to recover |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         line = f"| {r['class']} | {r['seeds']} | {r['share']:.0%} [{r['share_low']:.0%}, {r['share_high']:.0%}] |"
         if extend is not None:
             if "resolved" in r and r.get("extended"):
-                line += f" {r['resolved']} of {r['extended']} | {r['median_time']:.4g} | {r['q25']:.4g} – {r['q75']:.4g} |"
+                line += (f" {r['resolved']} of {r['extended']} | {r['median_time']:.4g} | {r['q25']:.4g} – {r['q75']:.4g} "
+                         f"| {r['recovered']} of {r['extended']} | {r['recovery_median']:.4g} |")
             else:
-                line += " — | — | — |"
+                line += " — | — | — | — | — |"
         lines.append(line)
+    return "\n".join(lines)
+
+
+def format_transitions(result: Result, extended: Result, epsilon: float = 0.05) -> str:
+    """A markdown cross-table: class at the run's horizon (rows) against class at the extended horizon (columns)."""
+    before = dict(zip((int(s) for s in result.seed_index), classify(result, epsilon)))
+    after = classify(extended, epsilon)
+    names = ("converged",) + STUCK_CLASSES
+    lines = [f"| class at t = {result.config.t_max:g} → at t = {extended.config.t_max:g} | " + " | ".join(names) + " |",
+             "|---|" + "---|" * len(names)]
+    for name in STUCK_CLASSES:
+        counts = [sum(1 for s, a in zip(extended.seed_index, after) if before[int(s)] == name and a == b) for b in names]
+        if sum(counts):
+            lines.append(f"| {name} | " + " | ".join(str(c) for c in counts) + " |")
     return "\n".join(lines)
 
 
@@ -220,10 +245,15 @@ def write_stuck(result: Result, extended: Result | None, folder: str | Path, eps
                   f"{'' if st is None else STATUS_NAMES[int(st)]},{t:.6g},{lab}\n")
     write_atomic(folder / "stuck.csv", out.getvalue().encode())
     text = format_stuck(rows, result.config.t_max, extend)
-    shared = sharing[np.isfinite(sharing)]
+    shared = sharing[np.isfinite(sharing) & (labels != "converged")]
     if shared.size:
         text += (f"\n\nshared seeds: the sharing students' mean alignment {np.median(shared):.3f} (median over seeds; "
                  f"range {shared.min():.3f} – {shared.max():.3f})")
+    sharing_converged = int(np.sum(np.isfinite(sharing) & (labels == "converged")))
+    if sharing_converged:
+        text += f"\n\nconverged seeds whose final state still shares a teacher expert: {sharing_converged}"
+    if extended is not None:
+        text += "\n\n" + format_transitions(result, extended, epsilon)
     write_atomic(folder / "stuck.md", (text + "\n").encode())
     write_atomic(folder / "stuck.json", (json.dumps({"format": "jaxmoe.stuck", "version": 1, "epsilon": epsilon,
                                                      "horizon": result.config.t_max, "extend": extend, "rows": [_finite(r) for r in rows]},

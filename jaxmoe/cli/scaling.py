@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 from ..chunks import FolderConflict
@@ -26,7 +25,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     scl.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default %(default)s)")
     scl.add_argument("--horizon", type=float, default=None, help="t_max for every d (default 3000·max(1, √(d/1000)))")
     scl.add_argument("--out", type=Path, default=None, help="output folder (default runs/scaling-<date>-<time>)")
-    scl.add_argument("--overwrite", action="store_true", help="replace a scaling experiment already in --out")
+    scl.add_argument("--overwrite", action="store_true",
+                     help="rewrite the tables of a finished experiment in --out; dimensions holding another "
+                     "configuration are run again, those of this one are kept")
     scl.add_argument("--quiet", action="store_true", help="no progress bar")
     scl.add_argument("--chunk", type=int, default=None,
                      help="seeds per chunk at each d; finished dimensions and chunks are saved, and rerunning the "
@@ -89,13 +90,10 @@ def run(args) -> int:
 
     print(f"jaxmoe scaling: m = {config.m}, m* = {config.m_star}, {config.seeds} seeds per d, d in {dims}, "
           f"reduced coordinates", flush=True)
-    if args.overwrite:  # a finished run of another configuration would be refused by the resume check
-        for d in dims:
-            shutil.rmtree(out / f"d{d}", ignore_errors=True)
     try:
         fits, results = scaling(config, dims, epsilon=args.epsilon, bootstrap=args.bootstrap, t_max=args.horizon,
                                 log=lambda text: print(text, flush=True), progress=not args.quiet, folder=out,
-                                chunk=args.chunk)
+                                chunk=args.chunk, overwrite=args.overwrite)
     except FolderConflict as err:  # d<d>/ holds another run; any other error is a bug
         raise UsageError(str(err)) from None
     write_scaling(fits, results, out, args.epsilon, config, bootstrap=args.bootstrap)
