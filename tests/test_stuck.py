@@ -86,6 +86,7 @@ def test_phase_and_stuck_commands(tmp_path, capsys):
     printed = capsys.readouterr().out
     stuck = int(np.sum(r.status != 1))
     assert f"{stuck} not converged" in printed and "converged by t = 80" in printed
+    assert "every teacher expert recovered by t = 80" in printed
     lines = (run / "stuck" / "stuck.csv").read_text().splitlines()
     assert len(lines) == 1 + 3 and len(list((run / "stuck" / "extended").iterdir())) == stuck
     assert main(["stuck", str(run), "--extend", "20"]) == 2  # below the run's horizon
