@@ -34,7 +34,7 @@ from .chunks import concatenate
 from .phase import full_recovery
 from .results import STATUS_NAMES, Result, load, save, write_atomic
 from .stats import wilson_interval
-from .survival import kaplan_meier, km_median
+from .survival import kaplan_meier, km_median, km_quantile
 
 __all__ = ["STUCK_CLASSES", "classify", "shared_alignment", "extend_seeds", "stuck_rows", "format_stuck", "format_transitions",
            "plot_stuck", "write_stuck"]
@@ -111,13 +111,6 @@ def _converged_time(result: Result) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(result.t_final, float), converged
 
 
-def _km_quantile(times, observed, q: float) -> float:
-    """The first event time with Kaplan–Meier ``Ŝ(t) ≤ 1 − q`` (``inf``: not reached)."""
-    events, survival = kaplan_meier(times, observed)
-    below = np.nonzero(survival <= 1.0 - q + 1e-12)[0]
-    return float(events[below[0]]) if below.size else math.inf
-
-
 def stuck_rows(result: Result, extended: Result | None, epsilon: float = 0.05) -> list[dict]:
     """One row per class: seeds, share of all seeds (Wilson 95%), and resolution in the extended run.
 
@@ -151,7 +144,7 @@ def stuck_rows(result: Result, extended: Result | None, epsilon: float = 0.05) -
             row["resolved"] = int(c.sum())
             row["extended"] = len(pairs)
             if len(pairs):
-                row.update(median_time=km_median(t, c), q25=_km_quantile(t, c, 0.25), q75=_km_quantile(t, c, 0.75))
+                row.update(median_time=km_median(t, c), q25=km_quantile(t, c, 0.25), q75=km_quantile(t, c, 0.75))
                 rt, rc = np.array([recovered_by_seed[int(s)] for s in np.asarray(result.seed_index)[pick]
                                    if int(s) in recovered_by_seed]).T
                 row.update(recovered=int(rc.sum()), recovery_median=km_median(rt, rc.astype(bool)))

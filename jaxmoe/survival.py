@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-__all__ = ["kaplan_meier", "km_median", "log_normal_cdf", "tobit_fit", "tobit_loglik"]
+__all__ = ["kaplan_meier", "km_median", "km_quantile", "log_normal_cdf", "tobit_fit", "tobit_loglik"]
 
 _SQRT2 = math.sqrt(2.0)
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -96,19 +96,32 @@ def kaplan_meier(times, observed) -> tuple[np.ndarray, np.ndarray]:
     return events, np.cumprod(1.0 - happened / np.maximum(at_risk, 1))
 
 
-def km_median(times, observed) -> float:
-    """The Kaplan–Meier median: the first event time with ``Ŝ(t) ≤ ½``.
+def km_quantile(times, observed, q: float) -> float:
+    """The Kaplan–Meier q-quantile: the first event time with ``Ŝ(t) ≤ 1 − q``.
 
-    ``inf`` when Ŝ stays above ½ (more than half the seeds censored before
-    their event could be seen, so only a lower bound is known).
+    ``inf`` when Ŝ stays above 1 − q (too many seeds censored before their
+    event could be seen, so only a lower bound is known). It is unbiased
+    under censoring as long as the censoring is independent of the time.
+
+    Example::
+
+        jaxmoe.survival.km_quantile([1, 2, 2, 3, 4], [1, 1, 0, 1, 0], 0.25)   # 2.0
+    """
+    if not 0 < q < 1:
+        raise ValueError(f"q must be in (0, 1); got {q!r}")
+    events, survival = kaplan_meier(times, observed)
+    below = np.nonzero(survival <= 1.0 - q + 1e-12)[0]
+    return float(events[below[0]]) if below.size else math.inf
+
+
+def km_median(times, observed) -> float:
+    """The Kaplan–Meier median, `km_quantile` at ½ (``inf``: more than half censored).
 
     Example::
 
         jaxmoe.survival.km_median([1, 2, 2, 3, 4], [1, 1, 0, 1, 0])   # 3.0
     """
-    events, survival = kaplan_meier(times, observed)
-    below = np.nonzero(survival <= 0.5 + 1e-12)[0]
-    return float(events[below[0]]) if below.size else math.inf
+    return km_quantile(times, observed, 0.5)
 
 
 def tobit_loglik(params, x, y, observed) -> float:

@@ -8,7 +8,7 @@ import scipy.optimize
 import scipy.stats
 
 from jaxmoe.stats import wilson_interval
-from jaxmoe.survival import kaplan_meier, km_median, log_normal_cdf, tobit_fit, tobit_loglik
+from jaxmoe.survival import kaplan_meier, km_median, km_quantile, log_normal_cdf, tobit_fit, tobit_loglik
 
 # Remission times (weeks) of the 6-MP group of Freireich et al. (Blood 21, 1963), the textbook
 # Kaplan–Meier example (Kleinbaum & Klein, "Survival Analysis", ch. 2); False: censored.
@@ -22,6 +22,8 @@ def test_kaplan_meier_on_the_textbook_data():
     # The book's table: 0.8571, 0.8067, 0.7529, 0.6902, 0.6275, 0.5378, 0.4482.
     np.testing.assert_allclose(survival, [0.8571, 0.8067, 0.7529, 0.6902, 0.6275, 0.5378, 0.4482], atol=5e-5)
     assert km_median(WEEKS, SEEN) == 23.0
+    assert km_quantile(WEEKS, SEEN, 0.25) == 13.0  # the first Ŝ ≤ 0.75: 0.6902 at 13 weeks
+    assert km_quantile(WEEKS, SEEN, 0.6) == math.inf  # Ŝ never falls to 0.4
     # Every seed censored beyond half: only a lower bound, so no median.
     assert km_median([1.0, 5.0, 5.0], [True, False, False]) == math.inf
     # Without censoring the KM median is the lower median of the sample.
