@@ -80,27 +80,35 @@ def shared_alignment(result: Result, epsilon: float = 0.05, share_level: float =
     return out
 
 
-def extend_seeds(result: Result, seeds, t_max: float, folder: str | Path, *, progress: bool = False, log=print) -> Result:
-    """Run `seeds` (seed indices of `result`) again to `t_max`, one folder per seed, resuming finished ones.
+def extend_seeds(result: Result, seeds, t_max: float, folder: str | Path, *, batch: int = 1, progress: bool = False,
+                 log=print) -> Result:
+    """Run `seeds` (seed indices of `result`) again to `t_max`, `batch` seeds per solve, resuming finished batches.
 
     The configuration is the result's with only ``t_max`` changed, so each
-    seed starts from the same key and follows the same flow.
+    seed starts from the same key and follows the same flow. Each batch is
+    saved as ``folder/seeds<first>-<last>/`` (on a CPU one seed per batch
+    costs nothing; on an accelerator a large batch fills it).
 
     **Returns:** the joined `Result` of those seeds (in the order given).
     """
     from .chunks import finished
     from .simulation import simulate
 
-    config = result.config.replace(t_max=float(t_max))
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be an integer ≥ 1; got {batch!r}")
+    seeds = [int(s) for s in seeds]
     folder = Path(folder)
+    # One configuration for every batch (the run's, to the new horizon), so the parts join into one Result.
+    config = result.config.replace(t_max=float(t_max))
     parts = []
-    for k, seed in enumerate(seeds):
-        where = folder / f"seed{int(seed):06d}"
-        if finished(where, config.replace(seeds=int(seed) + 1)):
+    for start in range(0, len(seeds), batch):
+        group = seeds[start:start + batch]
+        where = folder / f"seeds{group[0]:06d}-{group[-1]:06d}"
+        if finished(where, config) and list(load(where).seed_index) == group:
             parts.append(load(where))
             continue
-        log(f"[{k + 1}/{len(seeds)}] seed {int(seed)} to t = {t_max:g} ...")
-        part = simulate(config.replace(seeds=int(seed) + 1), seed_index=[int(seed)], progress=progress)
+        log(f"[{start + len(group)}/{len(seeds)}] seeds {group[0]}–{group[-1]} to t = {t_max:g} ...")
+        part = simulate(config, seed_index=group, progress=progress)
         save(part, where)
         parts.append(part)
     return concatenate(parts)

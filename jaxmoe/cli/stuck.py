@@ -24,6 +24,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("run_folder", metavar="RUN_FOLDER", type=Path, help="a finished run (jaxmoe simulate's folder)")
     p.add_argument("--extend", type=float, default=1e4,
                    help="horizon of the rerun of the unconverged seeds; 0: classify only (default %(default)g)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="seeds per solve of the rerun, each batch saved on its own (default %(default)s; on an "
+                   "accelerator use all the unconverged seeds at once)")
     p.add_argument("--epsilon", type=float, default=0.05, help="recovered: alignment ≥ 1 − epsilon (default %(default)s)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default RUN_FOLDER/stuck)")
     p.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
@@ -37,6 +40,8 @@ def run(args) -> int:
     try:
         if not 0 < args.epsilon < 1:
             raise ValueError(f"--epsilon must be in (0, 1); got {args.epsilon}")
+        if args.batch < 1:
+            raise ValueError(f"--batch must be an integer ≥ 1; got {args.batch}")
         if not math.isfinite(args.extend) or args.extend < 0:
             raise ValueError(f"--extend must be a finite number ≥ 0; got {args.extend}")
         result = load(args.run_folder)
@@ -55,7 +60,7 @@ def run(args) -> int:
           f"{result.num_seeds} seeds, t_max = {config.t_max:g}): {len(stuck)} not converged", flush=True)
     extended = None
     if args.extend and stuck:
-        extended = extend_seeds(result, stuck, args.extend, out / "extended", progress=not args.quiet,
+        extended = extend_seeds(result, stuck, args.extend, out / "extended", batch=args.batch, progress=not args.quiet,
                                 log=lambda text: print(text, flush=True))
     paths = write_stuck(result, extended, out, args.epsilon)
     print()
