@@ -43,11 +43,14 @@ STUCK_CLASSES = ("shared", "unrecovered", "slow", "other")
 _CONVERGED = STATUS_NAMES.index("converged")
 
 
-def classify(result: Result, epsilon: float = 0.05, share_level: float = 0.5) -> np.ndarray:
+def classify(result: Result, epsilon: float = 0.05, share_level: float = 0.5, *, by_status: bool = True) -> np.ndarray:
     """The class of every seed at the end of its run (module docstring); ``"converged"`` for converged seeds.
 
     **Arguments:** a `Result` (its last saved alignments are the final state:
-    a seed that stops early keeps its final values); `epsilon`; `share_level`.
+    a seed that stops early keeps its final values); `epsilon`; `share_level`;
+    `by_status`: if False, converged seeds are classed by their final state
+    too (a seed can reach the loss threshold with a teacher expert shared),
+    and ``"slow"`` then reads "every teacher expert recovered".
 
     **Returns:** ``(S,)`` strings from ``("converged",) + STUCK_CLASSES``.
 
@@ -64,6 +67,8 @@ def classify(result: Result, epsilon: float = 0.05, share_level: float = 0.5) ->
     missing = np.any(holders == 0, axis=1)
     complete = np.all(recovered & (router.max(axis=1) >= 1.0 - epsilon), axis=1)
     label = np.where(shared, "shared", np.where(missing, "unrecovered", np.where(complete, "slow", "other")))
+    if not by_status:
+        return label.astype(object)
     return np.where(np.asarray(result.status) == _CONVERGED, "converged", label).astype(object)
 
 
@@ -180,16 +185,25 @@ def format_stuck(rows: list[dict], horizon: float, extend: float | None) -> str:
 
 
 def format_transitions(result: Result, extended: Result, epsilon: float = 0.05) -> str:
-    """A markdown cross-table: class at the run's horizon (rows) against class at the extended horizon (columns)."""
+    """A markdown cross-table: class at the run's horizon (rows) against the final state at the extended horizon.
+
+    Columns: the structure of the final state (`classify` with
+    ``by_status=False``: every teacher expert recovered, shared, unrecovered,
+    other) and how many of the row's seeds reached the loss threshold.
+    """
     before = dict(zip((int(s) for s in result.seed_index), classify(result, epsilon)))
-    after = classify(extended, epsilon)
-    names = ("converged",) + STUCK_CLASSES
-    lines = [f"| class at t = {result.config.t_max:g} → at t = {extended.config.t_max:g} | " + " | ".join(names) + " |",
-             "|---|" + "---|" * len(names)]
+    after = classify(extended, epsilon, by_status=False)
+    converged = np.asarray(extended.status) == _CONVERGED
+    names = ("slow", "shared", "unrecovered", "other")
+    heads = ("every teacher expert recovered", "shared", "unrecovered", "other")
+    lines = [f"| class at t = {result.config.t_max:g} | seeds | final state at t = {extended.config.t_max:g}: "
+             + " | ".join(heads) + " | loss below the threshold |", "|---|---|" + "---|" * (len(names) + 1)]
     for name in STUCK_CLASSES:
-        counts = [sum(1 for s, a in zip(extended.seed_index, after) if before[int(s)] == name and a == b) for b in names]
-        if sum(counts):
-            lines.append(f"| {name} | " + " | ".join(str(c) for c in counts) + " |")
+        mine = np.array([before[int(s)] == name for s in extended.seed_index])
+        if mine.any():
+            counts = [int(np.sum(mine & (after == b))) for b in names]
+            lines.append(f"| {name} | {int(mine.sum())} | " + " | ".join(str(c) for c in counts)
+                         + f" | {int(np.sum(mine & converged))} |")
     return "\n".join(lines)
 
 

@@ -35,6 +35,8 @@ def test_classes_of_constructed_final_states():
     router = expert.copy()
     result = _result(expert, router, [1, 0, 0, 0, 0], [5.0, 10, 10, 10, 10], times)
     assert list(classify(result)) == ["converged", "shared", "unrecovered", "slow", "other"]
+    # By the final state alone, the converged seed reads as every teacher expert recovered.
+    assert classify(result, by_status=False)[0] == "slow"
     np.testing.assert_allclose(shared_alignment(result), [np.nan, 0.805, np.nan, np.nan, np.nan])
     # A router behind its recovered expert is "other", not "slow".
     router[3, 1, 1, 1] = 0.5
