@@ -225,7 +225,8 @@ def plot_stuck(result: Result, extended: Result, epsilon: float = 0.05):
         ax.step(x, y, where="post", color=color, label=f"{name} ({int(pick.sum())} seeds)")
     ax.set_xscale("log")
     ax.set_xlabel("time t")
-    ax.set_ylabel("share of the class not yet converged (Kaplan–Meier)")
+    threshold = extended.config.loss_threshold
+    ax.set_ylabel("share of the class not yet converged" + (f" (L ≥ {threshold:g})" if threshold else "") + ", Kaplan–Meier")
     ax.set_title(f"seeds unconverged at t = {result.config.t_max:g}, run on to t = {extended.config.t_max:g}", fontsize=9)
     ax.set_ylim(0, 1.05)
     ax.grid(alpha=0.3, which="both")
