@@ -137,6 +137,7 @@ def plot_phase(rows: list[dict]):
         ax[1].errorbar(x, y, yerr=err, color=color, marker="o", capsize=3, label=f"d = {d:g}")
     ax[1].set_xscale("log")
     ax[1].set_xticks(ratios, [str(r) for r in ratios])
+    ax[1].set_xticks([], minor=True)  # the log axis would label 4×10⁰, 6×10⁰ between the ratios
     ax[1].set_ylim(-0.03, 1.03)
     ax[1].set_xlabel("over-parameterization m/m*")
     ax[1].set_ylabel("fully recovered by the horizon (Wilson 95%)")

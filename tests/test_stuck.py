@@ -94,3 +94,22 @@ def test_phase_and_stuck_commands(tmp_path, capsys):
     assert len(lines) == 1 + 3 and len(list((run / "stuck" / "extended").iterdir())) == stuck
     assert main(["stuck", str(run), "--extend", "5"]) == 2  # below the run's horizon
     assert "--extend must exceed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["phase", "--ratios", "0,2"], "distinct integers ≥ 1"),
+        (["phase", "--ratios", "1,x"], "--ratios takes integers"),
+        (["phase", "--dims", "4", "--m-star", "5"], "2·m_star ≤ d"),
+        (["phase", "--epsilon", "1"], "--epsilon must be in (0, 1)"),
+        (["phase", "--chunk", "0"], "--chunk must be an integer ≥ 1"),
+        (["stuck", "no-such-folder"], "no-such-folder"),
+        (["stuck", "x", "--batch", "0"], "--batch must be an integer ≥ 1"),
+        (["stuck", "x", "--extend", "-1"], "--extend must be a finite number ≥ 0"),
+    ],
+)
+def test_bad_input(argv, fragment, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0]
