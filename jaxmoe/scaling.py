@@ -323,6 +323,11 @@ def plot_scaling(fits: list[ScalingFit], results: dict[int, Result], epsilon: fl
             t = np.sort(recovery(r.expert_alignment, r.times, epsilon)[0], axis=1)[:, f.rank - 1]
             jitter = d * np.exp(0.04 * (f.rank - (len(fits) + 1) / 2))
             ax[0].scatter(np.full(t.shape, jitter), t, s=6, color=color, alpha=0.35)
+            # Seeds without this recovery when their run stopped: a hollow triangle at that time (censored).
+            late = ~np.isfinite(t)
+            if late.any():
+                ax[0].scatter(np.full(late.sum(), jitter), np.asarray(r.t_final)[late], s=14, marker="^",
+                              facecolors="none", edgecolors=color, alpha=0.6)
         grid = np.geomspace(dims.min(), dims.max(), 50)
         ax[0].plot(grid, f.prefactor * grid**f.exponent, color=color,
                    label=f"recovery {f.rank}: b = {f.exponent:.2f} [{f.low:.2f}, {f.high:.2f}]")
@@ -332,7 +337,8 @@ def plot_scaling(fits: list[ScalingFit], results: dict[int, Result], epsilon: fl
     ax[0].set_yscale("log")
     ax[0].set_xlabel("dimension d")
     ax[0].set_ylabel(f"recovery time (alignment ≥ {1 - epsilon:g})")
-    ax[0].legend(fontsize=7)
+    ax[0].scatter([], [], s=14, marker="^", facecolors="none", edgecolors="gray", label="not recovered when its run stopped")
+    ax[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.14), ncol=2)  # below: the data fill the axes
     ax[0].grid(alpha=0.3, which="both")
     delays = [guided_delay(r, epsilon) for r in results.values()]
     data = [x[np.isfinite(x)] for x in delays]
