@@ -186,33 +186,68 @@ def censored_fits(results: dict[int, Result], epsilon: float, *, bootstrap: int 
         kb, klow, khigh, medians = km_exponent(dims, times, observed, bootstrap=bootstrap, seed=100 + k)
         qb, qlow, qhigh, _ = km_exponent(dims, times, observed, q=0.25, bootstrap=bootstrap, seed=200 + k)
         counts = dict(seeds=tuple(len(o) for o in observed), censored=tuple(int(np.sum(~o)) for o in observed))
-        fits.append(CensoredFit(rank=k + 1, exponent=b, low=low, high=high, prefactor=a, sigma=sigma, km_exponent=kb,
-                                km_low=klow, km_high=khigh, dims=tuple(int(d) for d in dims), **counts, km_medians=medians,
-                                q25_exponent=qb, q25_low=qlow, q25_high=qhigh))
+        fits.append(
+            CensoredFit(
+                rank=k + 1,
+                exponent=b,
+                low=low,
+                high=high,
+                prefactor=a,
+                sigma=sigma,
+                km_exponent=kb,
+                km_low=klow,
+                km_high=khigh,
+                dims=tuple(int(d) for d in dims),
+                **counts,
+                km_medians=medians,
+                q25_exponent=qb,
+                q25_low=qlow,
+                q25_high=qhigh,
+            )
+        )
     return fits
 
 
 def format_censored_fits(fits: list[CensoredFit]) -> str:
     """Two markdown tables: the exponents per rank, and per (d, rank) the censored seeds and KM medians."""
-    lines = ["| recovery | Tobit exponent b | 95% bootstrap interval | σ of log t | prefactor | KM-median exponent "
-             "| 95% bootstrap interval | KM lower-quartile exponent | 95% bootstrap interval | censored seeds (all d) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| recovery | Tobit exponent b | 95% bootstrap interval | σ of log t | prefactor | KM-median exponent "
+        "| 95% bootstrap interval | KM lower-quartile exponent | 95% bootstrap interval | censored seeds (all d) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for f in fits:
-        lines.append(f"| {f.rank} | {f.exponent:.3f} | [{f.low:.3f}, {f.high:.3f}] | {f.sigma:.3f} | {f.prefactor:.3g} "
-                     f"| {f.km_exponent:.3f} | [{f.km_low:.3f}, {f.km_high:.3f}] | {f.q25_exponent:.3f} "
-                     f"| [{f.q25_low:.3f}, {f.q25_high:.3f}] | {sum(f.censored)} of {sum(f.seeds)} |")
+        lines.append(
+            f"| {f.rank} | {f.exponent:.3f} | [{f.low:.3f}, {f.high:.3f}] | {f.sigma:.3f} | {f.prefactor:.3g} "
+            f"| {f.km_exponent:.3f} | [{f.km_low:.3f}, {f.km_high:.3f}] | {f.q25_exponent:.3f} "
+            f"| [{f.q25_low:.3f}, {f.q25_high:.3f}] | {sum(f.censored)} of {sum(f.seeds)} |"
+        )
     if not fits:
         return "\n".join(lines)
-    lines += ["", "| d | " + " | ".join(f"recovery {f.rank}: censored, KM median" for f in fits) + " |",
-              "|---|" + "---|" * len(fits)]
+    lines += ["", "| d | " + " | ".join(f"recovery {f.rank}: censored, KM median" for f in fits) + " |", "|---|" + "---|" * len(fits)]
     for g, d in enumerate(fits[0].dims):
         cells = [f"{f.censored[g]} of {f.seeds[g]}, {f.km_medians[g]:.4g}" for f in fits]
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-_CSV_FIELDS = ("rank", "exponent", "low", "high", "prefactor", "sigma", "km_exponent", "km_low", "km_high", "q25_exponent",
-               "q25_low", "q25_high", "dims", "seeds", "censored", "km_medians")
+_CSV_FIELDS = (
+    "rank",
+    "exponent",
+    "low",
+    "high",
+    "prefactor",
+    "sigma",
+    "km_exponent",
+    "km_low",
+    "km_high",
+    "q25_exponent",
+    "q25_low",
+    "q25_high",
+    "dims",
+    "seeds",
+    "censored",
+    "km_medians",
+)
 
 
 def write_censored(fits: list[CensoredFit], folder: str | Path) -> list[Path]:

@@ -26,15 +26,13 @@ from .stats import wilson_interval
 from .survival import km_median
 from .sweep import Point
 
-__all__ = ["DEFAULT_RATIOS", "DEFAULT_DIMS", "phase_points", "full_recovery", "phase_row", "format_phase",
-           "plot_phase", "write_phase", "run_phase"]
+__all__ = ["DEFAULT_RATIOS", "DEFAULT_DIMS", "phase_points", "full_recovery", "phase_row", "format_phase", "plot_phase", "write_phase", "run_phase"]
 
 DEFAULT_RATIOS = (1, 2, 3, 5, 8)
 DEFAULT_DIMS = (100, 1_000, 10_000)
 
 
-def phase_points(config: SimulationConfig, ratios=DEFAULT_RATIOS, dims=DEFAULT_DIMS, *, t_max=None,
-                 epsilon: float = 0.05) -> list[Point]:
+def phase_points(config: SimulationConfig, ratios=DEFAULT_RATIOS, dims=DEFAULT_DIMS, *, t_max=None, epsilon: float = 0.05) -> list[Point]:
     """The grid: m = ratio·m* for each ratio, at each d; each seed stops at full recovery.
 
     **Arguments:** `config` (m*, seeds, solver, …; m, d, t_max and the stop
@@ -58,9 +56,15 @@ def phase_points(config: SimulationConfig, ratios=DEFAULT_RATIOS, dims=DEFAULT_D
     for ratio in ratios:
         for d in dims:
             run = config.replace(
-                m=ratio * config.m_star, d=d, t_max=float(t_max) if t_max is not None else default_t_max(d),
-                time_grid="log", num_times=max(config.num_times, 400), t_first=1e-4, loss_threshold=None,
-                recovery_epsilon=epsilon, method="flow",
+                m=ratio * config.m_star,
+                d=d,
+                t_max=float(t_max) if t_max is not None else default_t_max(d),
+                time_grid="log",
+                num_times=max(config.num_times, 400),
+                t_first=1e-4,
+                loss_threshold=None,
+                recovery_epsilon=epsilon,
+                method="flow",
             )
             values = {"ratio": ratio, "m": run.m, "d": d}
             points.append(Point(f"{len(points):03d}-ratio={ratio}-d={d}", values, run))
@@ -93,19 +97,29 @@ def phase_row(point: Point, result: Result, epsilon: float = 0.05) -> dict:
     n, k = result.num_seeds, int(observed.sum())
     low, high = wilson_interval(k, n)
     return {
-        **point.values, "seeds": n, "recovered": k, "share": k / n, "low": low, "high": high,
-        "median_time": km_median(times, observed), "horizon": point.config.t_max,
+        **point.values,
+        "seeds": n,
+        "recovered": k,
+        "share": k / n,
+        "low": low,
+        "high": high,
+        "median_time": km_median(times, observed),
+        "horizon": point.config.t_max,
         "wall_time_s": float(result.run.get("wall_time_s", math.nan)),
     }
 
 
 def format_phase(rows: list[dict]) -> str:
     """The diagram as a markdown table, one line per (m/m*, d)."""
-    lines = ["| m/m* | m | d | seeds | fully recovered | share | Wilson 95% | KM median time to full recovery | horizon |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| m/m* | m | d | seeds | fully recovered | share | Wilson 95% | KM median time to full recovery | horizon |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['ratio']} | {r['m']} | {r['d']} | {r['seeds']} | {r['recovered']} | {r['share']:.2f} "
-                     f"| [{r['low']:.2f}, {r['high']:.2f}] | {r['median_time']:.4g} | {r['horizon']:g} |")
+        lines.append(
+            f"| {r['ratio']} | {r['m']} | {r['d']} | {r['seeds']} | {r['recovered']} | {r['share']:.2f} "
+            f"| [{r['low']:.2f}, {r['high']:.2f}] | {r['median_time']:.4g} | {r['horizon']:g} |"
+        )
     return "\n".join(lines)
 
 
@@ -121,8 +135,7 @@ def plot_phase(rows: list[dict]):
     for r in rows:
         i, j = dims.index(r["d"]), ratios.index(r["ratio"])
         grid[i, j] = r["share"]
-        ax[0].text(j, i, f"{r['recovered']}/{r['seeds']}", ha="center", va="center", fontsize=8,
-                   color="white" if r["share"] < 0.5 else "black")
+        ax[0].text(j, i, f"{r['recovered']}/{r['seeds']}", ha="center", va="center", fontsize=8, color="white" if r["share"] < 0.5 else "black")
     image = ax[0].imshow(grid, origin="lower", cmap="viridis", vmin=0, vmax=1, aspect="auto")
     ax[0].set_xticks(range(len(ratios)), [str(r) for r in ratios])
     ax[0].set_yticks(range(len(dims)), [f"{d:g}" for d in dims])
@@ -162,8 +175,16 @@ def write_phase(rows: list[dict], folder: str | Path) -> list[Path]:
     return [folder / n for n in ("phase.md", "phase.csv", "phase.png")]
 
 
-def run_phase(points: list[Point], folder: str | Path, *, epsilon: float = 0.05, chunk: int | None = None,
-              progress: bool = True, overwrite: bool = False, log=print) -> list[dict] | None:
+def run_phase(
+    points: list[Point],
+    folder: str | Path,
+    *,
+    epsilon: float = 0.05,
+    chunk: int | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    log=print,
+) -> list[dict] | None:
     """Run the grid as a resumable sweep into `folder`, then write the diagram.
 
     **Returns:** the rows (process 0; ``None`` on other processes).

@@ -36,8 +36,17 @@ from .results import STATUS_NAMES, Result, load, save, write_atomic
 from .stats import wilson_interval
 from .survival import kaplan_meier, km_median, km_quantile
 
-__all__ = ["STUCK_CLASSES", "classify", "shared_alignment", "extend_seeds", "stuck_rows", "format_stuck", "format_transitions",
-           "plot_stuck", "write_stuck"]
+__all__ = [
+    "STUCK_CLASSES",
+    "classify",
+    "shared_alignment",
+    "extend_seeds",
+    "stuck_rows",
+    "format_stuck",
+    "format_transitions",
+    "plot_stuck",
+    "write_stuck",
+]
 
 STUCK_CLASSES = ("shared", "unrecovered", "slow", "other")
 _CONVERGED = STATUS_NAMES.index("converged")
@@ -85,8 +94,7 @@ def shared_alignment(result: Result, epsilon: float = 0.05, share_level: float =
     return out
 
 
-def extend_seeds(result: Result, seeds, t_max: float, folder: str | Path, *, batch: int = 1, progress: bool = False,
-                 log=print) -> Result:
+def extend_seeds(result: Result, seeds, t_max: float, folder: str | Path, *, batch: int = 1, progress: bool = False, log=print) -> Result:
     """Run `seeds` (seed indices of `result`) again to `t_max`, `batch` seeds per solve, resuming finished batches.
 
     The configuration is the result's with only ``t_max`` changed, so each
@@ -107,7 +115,7 @@ def extend_seeds(result: Result, seeds, t_max: float, folder: str | Path, *, bat
     config = result.config.replace(t_max=float(t_max))
     parts = []
     for start in range(0, len(seeds), batch):
-        group = seeds[start:start + batch]
+        group = seeds[start : start + batch]
         where = folder / f"seeds{group[0]:06d}-{group[-1]:06d}"
         if finished(where, config) and list(load(where).seed_index) == group:
             parts.append(load(where))
@@ -158,8 +166,7 @@ def stuck_rows(result: Result, extended: Result | None, epsilon: float = 0.05) -
             row["extended"] = len(pairs)
             if len(pairs):
                 row.update(median_time=km_median(t, c), q25=km_quantile(t, c, 0.25), q75=km_quantile(t, c, 0.75))
-                rt, rc = np.array([recovered_by_seed[int(s)] for s in np.asarray(result.seed_index)[pick]
-                                   if int(s) in recovered_by_seed]).T
+                rt, rc = np.array([recovered_by_seed[int(s)] for s in np.asarray(result.seed_index)[pick] if int(s) in recovered_by_seed]).T
                 row.update(recovered=int(rc.sum()), recovery_median=km_median(rt, rc.astype(bool)))
         rows.append(row)
     return rows
@@ -169,15 +176,19 @@ def format_stuck(rows: list[dict], horizon: float, extend: float | None) -> str:
     """The class table in markdown."""
     head = f"| class at t = {horizon:g} | seeds | share (Wilson 95%) |"
     if extend is not None:
-        head += (f" converged by t = {extend:g} | KM median time to converge | KM q25 – q75 "
-                 f"| every teacher expert recovered by t = {extend:g} | KM median time to recover |")
+        head += (
+            f" converged by t = {extend:g} | KM median time to converge | KM q25 – q75 "
+            f"| every teacher expert recovered by t = {extend:g} | KM median time to recover |"
+        )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         line = f"| {r['class']} | {r['seeds']} | {r['share']:.0%} [{r['share_low']:.0%}, {r['share_high']:.0%}] |"
         if extend is not None:
             if "resolved" in r and r.get("extended"):
-                line += (f" {r['resolved']} of {r['extended']} | {r['median_time']:.4g} | {r['q25']:.4g} – {r['q75']:.4g} "
-                         f"| {r['recovered']} of {r['extended']} | {r['recovery_median']:.4g} |")
+                line += (
+                    f" {r['resolved']} of {r['extended']} | {r['median_time']:.4g} | {r['q25']:.4g} – {r['q75']:.4g} "
+                    f"| {r['recovered']} of {r['extended']} | {r['recovery_median']:.4g} |"
+                )
             else:
                 line += " — | — | — | — | — |"
         lines.append(line)
@@ -196,14 +207,17 @@ def format_transitions(result: Result, extended: Result, epsilon: float = 0.05) 
     converged = np.asarray(extended.status) == _CONVERGED
     names = ("slow", "shared", "unrecovered", "other")
     heads = ("every teacher expert recovered", "shared", "unrecovered", "other")
-    lines = [f"| class at t = {result.config.t_max:g} | seeds | final state at t = {extended.config.t_max:g}: "
-             + " | ".join(heads) + " | loss below the threshold |", "|---|---|" + "---|" * (len(names) + 1)]
+    lines = [
+        f"| class at t = {result.config.t_max:g} | seeds | final state at t = {extended.config.t_max:g}: "
+        + " | ".join(heads)
+        + " | loss below the threshold |",
+        "|---|---|" + "---|" * (len(names) + 1),
+    ]
     for name in STUCK_CLASSES:
         mine = np.array([before[int(s)] == name for s in extended.seed_index])
         if mine.any():
             counts = [int(np.sum(mine & (after == b))) for b in names]
-            lines.append(f"| {name} | {int(mine.sum())} | " + " | ".join(str(c) for c in counts)
-                         + f" | {int(np.sum(mine & converged))} |")
+            lines.append(f"| {name} | {int(mine.sum())} | " + " | ".join(str(c) for c in counts) + f" | {int(np.sum(mine & converged))} |")
     return "\n".join(lines)
 
 
@@ -257,23 +271,41 @@ def write_stuck(result: Result, extended: Result | None, folder: str | Path, eps
     out.write("seed,class,shared_alignment,status,t_final,extended_status,extended_t_final,extended_class\n")
     for s, seed in enumerate(result.seed_index):
         t, st, lab = later.get(int(seed), (math.nan, None, ""))
-        out.write(f"{int(seed)},{labels[s]},{sharing[s]:.4f},{STATUS_NAMES[int(result.status[s])]},{result.t_final[s]:.6g},"
-                  f"{'' if st is None else STATUS_NAMES[int(st)]},{t:.6g},{lab}\n")
+        out.write(
+            f"{int(seed)},{labels[s]},{sharing[s]:.4f},{STATUS_NAMES[int(result.status[s])]},{result.t_final[s]:.6g},"
+            f"{'' if st is None else STATUS_NAMES[int(st)]},{t:.6g},{lab}\n"
+        )
     write_atomic(folder / "stuck.csv", out.getvalue().encode())
     text = format_stuck(rows, result.config.t_max, extend)
     shared = sharing[np.isfinite(sharing) & (labels != "converged")]
     if shared.size:
-        text += (f"\n\nshared seeds: the sharing students' mean alignment {np.median(shared):.3f} (median over seeds; "
-                 f"range {shared.min():.3f} – {shared.max():.3f})")
+        text += (
+            f"\n\nshared seeds: the sharing students' mean alignment {np.median(shared):.3f} (median over seeds; "
+            f"range {shared.min():.3f} – {shared.max():.3f})"
+        )
     sharing_converged = int(np.sum(np.isfinite(sharing) & (labels == "converged")))
     if sharing_converged:
         text += f"\n\nconverged seeds whose final state still shares a teacher expert: {sharing_converged}"
     if extended is not None:
         text += "\n\n" + format_transitions(result, extended, epsilon)
     write_atomic(folder / "stuck.md", (text + "\n").encode())
-    write_atomic(folder / "stuck.json", (json.dumps({"format": "jaxmoe.stuck", "version": 1, "epsilon": epsilon,
-                                                     "horizon": result.config.t_max, "extend": extend, "rows": [_finite(r) for r in rows]},
-                                                    indent=2) + "\n").encode())
+    write_atomic(
+        folder / "stuck.json",
+        (
+            json.dumps(
+                {
+                    "format": "jaxmoe.stuck",
+                    "version": 1,
+                    "epsilon": epsilon,
+                    "horizon": result.config.t_max,
+                    "extend": extend,
+                    "rows": [_finite(r) for r in rows],
+                },
+                indent=2,
+            )
+            + "\n"
+        ).encode(),
+    )
     paths = [folder / "stuck.md", folder / "stuck.csv", folder / "stuck.json"]
     if extended is not None and extended.num_seeds:
         write_png(plot_stuck(result, extended, epsilon), folder / "stuck.png")

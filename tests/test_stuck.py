@@ -14,23 +14,35 @@ def _result(expert, router, status, t_final, times):
     s, _, m, k = expert.shape
     zeros = lambda n: np.zeros((s, n, 4))  # noqa: E731
     return jaxmoe.Result(
-        config=jaxmoe.SimulationConfig(d=20, m=m, m_star=k, t_max=float(times[-1])), times=times,
-        seed_index=np.arange(s), loss=np.ones((s, len(times))), expert_alignment=expert, router_alignment=router,
-        status=np.asarray(status, np.int8), t_final=np.asarray(t_final, float), num_steps=np.ones(s, int),
-        student_router0=zeros(m), student_expert0=zeros(m), teacher_router=zeros(k), teacher_expert=zeros(k),
-        student_router=zeros(m), student_expert=zeros(m),
+        config=jaxmoe.SimulationConfig(d=20, m=m, m_star=k, t_max=float(times[-1])),
+        times=times,
+        seed_index=np.arange(s),
+        loss=np.ones((s, len(times))),
+        expert_alignment=expert,
+        router_alignment=router,
+        status=np.asarray(status, np.int8),
+        t_final=np.asarray(t_final, float),
+        num_steps=np.ones(s, int),
+        student_router0=zeros(m),
+        student_expert0=zeros(m),
+        teacher_router=zeros(k),
+        teacher_expert=zeros(k),
+        student_router=zeros(m),
+        student_expert=zeros(m),
     )
 
 
 def test_classes_of_constructed_final_states():
     times = np.array([0.0, 10.0])
-    final = np.array([
-        [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]],  # converged (status 1)
-        [[0.81, 0.0], [0.80, 0.0], [0.0, 0.99]],  # teacher 0 split between students 0 and 1
-        [[0.99, 0.0], [0.0, 0.2], [0.1, 0.3]],  # teacher 1: nobody at 0.5
-        [[0.99, 0.0], [0.0, 0.97], [0.0, 0.0]],  # both recovered, loss not yet below the threshold
-        [[0.9, 0.0], [0.3, 0.99], [0.0, 0.0]],  # teacher 0 held by one student at 0.9
-    ])
+    final = np.array(
+        [
+            [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]],  # converged (status 1)
+            [[0.81, 0.0], [0.80, 0.0], [0.0, 0.99]],  # teacher 0 split between students 0 and 1
+            [[0.99, 0.0], [0.0, 0.2], [0.1, 0.3]],  # teacher 1: nobody at 0.5
+            [[0.99, 0.0], [0.0, 0.97], [0.0, 0.0]],  # both recovered, loss not yet below the threshold
+            [[0.9, 0.0], [0.3, 0.99], [0.0, 0.0]],  # teacher 0 held by one student at 0.9
+        ]
+    )
     expert = np.stack([np.zeros_like(final), final], axis=1)
     router = expert.copy()
     result = _result(expert, router, [1, 0, 0, 0, 0], [5.0, 10, 10, 10, 10], times)
@@ -72,8 +84,7 @@ def test_phase_points_set_the_grid():
 def test_phase_and_stuck_commands(tmp_path, capsys):
     out = tmp_path / "phase"
     # One point keeps the compilations few (phase_points, above, holds the grid; jaxmoe.sweep runs grids).
-    flags = ["phase", "--m-star", "1", "--ratios", "2", "--dims", "60", "--seeds", "3", "--horizon", "10",
-             "--quiet", "--out", str(out)]
+    flags = ["phase", "--m-star", "1", "--ratios", "2", "--dims", "60", "--seeds", "3", "--horizon", "10", "--quiet", "--out", str(out)]
     assert main(flags) == 0
     printed = capsys.readouterr().out
     assert "fully recovered" in printed and "| 2 | 2 | 60 | 3 |" in printed

@@ -50,8 +50,7 @@ def run(args) -> int:
             raise ValueError(f"--chunk must be an integer ≥ 1; got {args.chunk}")
         from ..phase import phase_points
 
-        points = phase_points(config, _integers(args.ratios, "--ratios"), _integers(args.dims, "--dims"),
-                              t_max=args.horizon, epsilon=args.epsilon)
+        points = phase_points(config, _integers(args.ratios, "--ratios"), _integers(args.dims, "--dims"), t_max=args.horizon, epsilon=args.epsilon)
     except ValueError as err:
         raise UsageError(str(err)) from None
     out = output_folder(args, "phase", "phase.md", config.state_dtype)
@@ -59,8 +58,15 @@ def run(args) -> int:
 
     print(f"jaxmoe phase: m* = {config.m_star}, {config.seeds} seeds per point, {len(points)} points into {out}", flush=True)
     try:
-        rows = run_phase(points, out, epsilon=args.epsilon, chunk=args.chunk, progress=not args.quiet,
-                         overwrite=args.overwrite, log=lambda text: print(text, flush=True))
+        rows = run_phase(
+            points,
+            out,
+            epsilon=args.epsilon,
+            chunk=args.chunk,
+            progress=not args.quiet,
+            overwrite=args.overwrite,
+            log=lambda text: print(text, flush=True),
+        )
     except FolderConflict as err:  # the folder holds another grid; any other error is a bug
         raise UsageError(str(err)) from None
     if rows is None:

@@ -22,11 +22,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "median time. Writes stuck.md, stuck.csv, stuck.json, stuck.png and extended/.",
     )
     p.add_argument("run_folder", metavar="RUN_FOLDER", type=Path, help="a finished run (jaxmoe simulate's folder)")
-    p.add_argument("--extend", type=float, default=1e4,
-                   help="horizon of the rerun of the unconverged seeds; 0: classify only (default %(default)g)")
-    p.add_argument("--batch", type=int, default=1,
-                   help="seeds per solve of the rerun, each batch saved on its own (default %(default)s; on an "
-                   "accelerator use all the unconverged seeds at once)")
+    p.add_argument("--extend", type=float, default=1e4, help="horizon of the rerun of the unconverged seeds; 0: classify only (default %(default)g)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="seeds per solve of the rerun, each batch saved on its own (default %(default)s; on an "
+        "accelerator use all the unconverged seeds at once)",
+    )
     p.add_argument("--epsilon", type=float, default=0.05, help="recovered: alignment ≥ 1 − epsilon (default %(default)s)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default RUN_FOLDER/stuck)")
     p.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
@@ -56,12 +59,16 @@ def run(args) -> int:
     labels = classify(result, args.epsilon)
     stuck = [int(s) for s, lab in zip(result.seed_index, labels) if lab != "converged"]
     config = result.config
-    print(f"jaxmoe stuck: {args.run_folder} (d = {config.d}, m = {config.m}, m* = {config.m_star}, "
-          f"{result.num_seeds} seeds, t_max = {config.t_max:g}): {len(stuck)} not converged", flush=True)
+    print(
+        f"jaxmoe stuck: {args.run_folder} (d = {config.d}, m = {config.m}, m* = {config.m_star}, "
+        f"{result.num_seeds} seeds, t_max = {config.t_max:g}): {len(stuck)} not converged",
+        flush=True,
+    )
     extended = None
     if args.extend and stuck:
-        extended = extend_seeds(result, stuck, args.extend, out / "extended", batch=args.batch, progress=not args.quiet,
-                                log=lambda text: print(text, flush=True))
+        extended = extend_seeds(
+            result, stuck, args.extend, out / "extended", batch=args.batch, progress=not args.quiet, log=lambda text: print(text, flush=True)
+        )
     paths = write_stuck(result, extended, out, args.epsilon)
     print()
     print(format_stuck(stuck_rows(result, extended, args.epsilon), config.t_max, args.extend if extended else None))
