@@ -94,7 +94,9 @@ def shared_alignment(result: Result, epsilon: float = 0.05, share_level: float =
     return out
 
 
-def extend_seeds(result: Result, seeds, t_max: float, folder: str | Path, *, batch: int = 1, progress: bool = False, log=print) -> Result:
+def extend_seeds(
+    result: Result, seeds, t_max: float, folder: str | Path, *, batch: int = 1, overwrite: bool = False, progress: bool = False, log=print
+) -> Result:
     """Run `seeds` (seed indices of `result`) again to `t_max`, `batch` seeds per solve, resuming finished batches.
 
     The configuration is the result's with only ``t_max`` changed, so each
@@ -103,8 +105,12 @@ def extend_seeds(result: Result, seeds, t_max: float, folder: str | Path, *, bat
     costs nothing; on an accelerator a large batch fills it).
 
     **Returns:** the joined `Result` of those seeds (in the order given).
+
+    **Raises:** `jaxmoe.chunks.FolderConflict` if a batch folder holds a rerun
+    of another configuration (another horizon), unless `overwrite`: then it
+    is run again.
     """
-    from .chunks import finished
+    from .chunks import FolderConflict, finished
     from .simulation import simulate
 
     if not isinstance(batch, int) or batch < 1:
@@ -117,7 +123,13 @@ def extend_seeds(result: Result, seeds, t_max: float, folder: str | Path, *, bat
     for start in range(0, len(seeds), batch):
         group = seeds[start : start + batch]
         where = folder / f"seeds{group[0]:06d}-{group[-1]:06d}"
-        if finished(where, config) and list(load(where).seed_index) == group:
+        try:
+            done = finished(where, config) and list(load(where).seed_index) == group
+        except FolderConflict:
+            if not overwrite:
+                raise
+            done = False
+        if done:
             parts.append(load(where))
             continue
         log(f"[{start + len(group)}/{len(seeds)}] seeds {group[0]}–{group[-1]} to t = {t_max:g} ...")

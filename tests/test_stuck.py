@@ -105,6 +105,10 @@ def test_phase_and_stuck_commands(tmp_path, capsys):
     assert len(lines) == 1 + 3 and len(list((run / "stuck" / "extended").iterdir())) == stuck
     assert main(["stuck", str(run), "--extend", "5"]) == 2  # below the run's horizon
     assert "--extend must exceed" in capsys.readouterr().err
+    # Reruns to another horizon in the folder are refused (before any simulation), not mixed in.
+    (run / "stuck" / "stuck.md").unlink()
+    assert main(["stuck", str(run), "--extend", "90", "--quiet"]) == 2
+    assert "pass --overwrite to run them again" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
+from ..chunks import FolderConflict
 from ._flags import UsageError, claim_folder, use_float64
 
 
@@ -66,9 +67,20 @@ def run(args) -> int:
     )
     extended = None
     if args.extend and stuck:
-        extended = extend_seeds(
-            result, stuck, args.extend, out / "extended", batch=args.batch, progress=not args.quiet, log=lambda text: print(text, flush=True)
-        )
+        try:
+            extended = extend_seeds(
+                result,
+                stuck,
+                args.extend,
+                out / "extended",
+                batch=args.batch,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+                log=lambda text: print(text, flush=True),
+            )
+        except FolderConflict as err:  # --out holds reruns to another horizon
+            raise UsageError(f"{err}; pass --overwrite to run them again") from None
+
     paths = write_stuck(result, extended, out, args.epsilon)
     print()
     print(format_stuck(stuck_rows(result, extended, args.epsilon), config.t_max, args.extend if extended else None))
