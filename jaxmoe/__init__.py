@@ -86,6 +86,7 @@ __all__ = [
 _LAZY = (
     "plot", "compare", "scaling", "prune", "hosts", "devices", "chunks", "sweep", "cli",
     "families", "pairkernel", "quadrature", "routing", "voronoi", "rates", "slim", "stats", "base", "files",
+    "phase", "stuck", "survival", "censored_scaling",
 )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ import numpy as np
 from .config import SimulationConfig
 from .files import write_atomic, write_header
 from .observables import first_crossing, recovery
-from .results import Result, save
+from .results import Result, load, save
 from .simulation import simulate
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "fit_exponent",
     "guided_delay",
     "scaling",
+    "rank_fits",
     "format_fits",
     "format_delays",
     "plot_scaling",
@@ -171,6 +173,9 @@ def scaling(
     t_max=None,
     log=print,
     progress: bool = False,
+    folder: str | os.PathLike | None = None,
+    chunk: int | None = None,
+    overwrite: bool = False,
 ) -> tuple[list[ScalingFit], dict[int, Result]]:
     """Recovery times against d, seeds vmapped at each d, with fitted exponents.
 
@@ -183,6 +188,11 @@ def scaling(
     - `t_max`: horizon per d (default `default_t_max`).
     - `bootstrap`: resamples for the intervals (`fit_exponent`).
     - `log`, `progress`: progress lines (default `print`) and the solver's bar.
+    - `folder`: if given, each d runs into ``folder/d<d>`` by
+      `jaxmoe.chunks.run_chunked` (`chunk` seeds at a time), so a stopped
+      experiment resumes: finished dimensions and chunks are kept (and a
+      grid can grow by new dimensions). With `overwrite`, a ``d<d>/`` holding
+      another configuration is replaced instead of refused.
 
     Every d runs gradient flow (in reduced coordinates unless `config` says
     ``mode="full"``) on a log time grid of
@@ -211,9 +221,27 @@ def scaling(
             loss_threshold=None, recovery_epsilon=epsilon, method="flow",
         )
         log(f"d = {d}: {run.seeds} seeds, t_max = {horizon:g} ...")
-        results[d] = simulate(run, progress=progress)
+        if folder is None:
+            results[d] = simulate(run, progress=progress)
+        else:
+            from .chunks import FolderConflict, run_chunked
+
+            try:
+                results[d] = run_chunked(run, Path(folder) / f"d{d}", chunk=chunk, progress=progress, log=log)
+            except FolderConflict:
+                if not overwrite:
+                    raise
+                log(f"{Path(folder) / f'd{d}'} holds another run: replaced")
+                shutil.rmtree(Path(folder) / f"d{d}")
+                results[d] = run_chunked(run, Path(folder) / f"d{d}", chunk=chunk, progress=progress, log=log)
+    return rank_fits(results, epsilon, bootstrap=bootstrap), results
+
+
+def rank_fits(results: dict[int, Result], epsilon: float, *, bootstrap: int = 1000) -> list[ScalingFit]:
+    """One `ScalingFit` per recovery rank from the `Result` of each d (`fit_exponent`: recovered seeds only)."""
     fits = []
-    m_star = config.m_star
+    dims = list(results)
+    m_star = results[dims[0]].config.m_star
     ordered = {d: np.sort(recovery(r.expert_alignment, r.times, epsilon)[0], axis=1) for d, r in results.items()}
     for k in range(m_star):
         times = [ordered[d][:, k] for d in dims]
@@ -221,7 +249,7 @@ def scaling(
         missing = int(sum(np.sum(~np.isfinite(t)) for t in times))
         points = int(sum(np.sum(np.isfinite(t)) for t in times))
         fits.append(ScalingFit(k + 1, b, low, high, a, points, missing))
-    return fits, results
+    return fits
 
 
 def format_fits(fits: list[ScalingFit]) -> str:
@@ -297,6 +325,11 @@ def plot_scaling(fits: list[ScalingFit], results: dict[int, Result], epsilon: fl
             t = np.sort(recovery(r.expert_alignment, r.times, epsilon)[0], axis=1)[:, f.rank - 1]
             jitter = d * np.exp(0.04 * (f.rank - (len(fits) + 1) / 2))
             ax[0].scatter(np.full(t.shape, jitter), t, s=6, color=color, alpha=0.35)
+            # Seeds without this recovery when their run stopped: a hollow triangle at that time (censored).
+            late = ~np.isfinite(t)
+            if late.any():
+                ax[0].scatter(np.full(late.sum(), jitter), np.asarray(r.t_final)[late], s=14, marker="^",
+                              facecolors="none", edgecolors=color, alpha=0.6)
         grid = np.geomspace(dims.min(), dims.max(), 50)
         ax[0].plot(grid, f.prefactor * grid**f.exponent, color=color,
                    label=f"recovery {f.rank}: b = {f.exponent:.2f} [{f.low:.2f}, {f.high:.2f}]")
@@ -306,7 +339,8 @@ def plot_scaling(fits: list[ScalingFit], results: dict[int, Result], epsilon: fl
     ax[0].set_yscale("log")
     ax[0].set_xlabel("dimension d")
     ax[0].set_ylabel(f"recovery time (alignment ≥ {1 - epsilon:g})")
-    ax[0].legend(fontsize=7)
+    ax[0].scatter([], [], s=14, marker="^", facecolors="none", edgecolors="gray", label="not recovered when its run stopped")
+    ax[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.14), ncol=2)  # below: the data fill the axes
     ax[0].grid(alpha=0.3, which="both")
     delays = [guided_delay(r, epsilon) for r in results.values()]
     data = [x[np.isfinite(x)] for x in delays]
@@ -323,12 +357,18 @@ def plot_scaling(fits: list[ScalingFit], results: dict[int, Result], epsilon: fl
     return fig
 
 
-def write_scaling(fits, results, folder: str | os.PathLike, epsilon: float, config: SimulationConfig) -> list[Path]:
+def write_scaling(
+    fits, results, folder: str | os.PathLike, epsilon: float, config: SimulationConfig, *, censored=None, bootstrap: int = 1000
+) -> list[Path]:
     """Result folder per d, fits and delays (markdown, CSV), figure, config.json.
 
-    Writes ``folder/d<d>/`` per dimension (`jaxmoe.save`), ``scaling.csv``
-    (per seed: sorted recovery times and delays), ``fit.csv``, ``scaling.md``,
-    ``config.json`` and ``scaling.png``.
+    Writes ``folder/d<d>/`` per dimension (`jaxmoe.save`, unless it holds
+    that result already), ``scaling.csv`` (per seed: sorted recovery times
+    and delays), ``fit.csv``, ``scaling.md``, ``config.json``,
+    ``scaling.png``, and the fits with censored seeds kept in
+    (`jaxmoe.censored_scaling`: `censored`, or computed with `bootstrap`
+    resamples): ``censored_fit.csv``, ``censored_fit.md`` and a section of
+    ``scaling.md``.
 
     **Returns:** the paths of ``scaling.md``, ``scaling.csv``, ``fit.csv`` and ``scaling.png``.
 
@@ -344,7 +384,8 @@ def write_scaling(fits, results, folder: str | os.PathLike, epsilon: float, conf
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for d, result in results.items():
-        save(result, folder / f"d{d}")
+        if not (folder / f"d{d}" / "result.npz").is_file() or load(folder / f"d{d}").config != result.config:
+            save(result, folder / f"d{d}")
     out = io.StringIO()
     out.write("d,seed," + ",".join(f"recovery_{k + 1}" for k in range(config.m_star)) + ","
               + ",".join(f"delay_teacher_{j + 1}" for j in range(config.m_star)) + "\n")
@@ -359,7 +400,14 @@ def write_scaling(fits, results, folder: str | os.PathLike, epsilon: float, conf
         f"{f.rank},{f.exponent:.6g},{f.low:.6g},{f.high:.6g},{f.prefactor:.6g},{f.points},{f.missing}\n" for f in fits
     )
     write_atomic(folder / "fit.csv", fit_csv.encode())
+    from .censored_scaling import censored_fits, format_censored_fits, write_censored
+
+    censored = censored_fits(results, epsilon, bootstrap=bootstrap) if censored is None else censored
+    write_censored(censored, folder)
     report = "## Recovery time against d\n\n" + format_fits(fits) + "\n\n## Guided by the experts\n\n" + format_delays(results, epsilon) + "\n"
+    report += ("\n## Censored seeds kept in\n\nSeeds without the k-th recovery when their run stopped enter as "
+               "censored at that time: a censored normal (Tobit) fit of log t on log d, and the slope through the "
+               "Kaplan–Meier medians per d.\n\n" + format_censored_fits(censored) + "\n")
     write_atomic(folder / "scaling.md", report.encode())
     write_header(folder / "config.json", "jaxmoe.scaling", 1, config=config.to_dict(), dims=list(results), epsilon=epsilon)
     write_png(plot_scaling(fits, results, epsilon), folder / "scaling.png")

@@ -1,4 +1,4 @@
-"""The two-sample Kolmogorov–Smirnov test, in NumPy (no SciPy dependency).
+"""The two-sample Kolmogorov–Smirnov test and the Wilson interval, in NumPy (no SciPy dependency).
 
 `jaxmoe compare` asks whether the recovery times of online SGD and of the
 exact flow, over seeds, could come from one distribution. The statistic is
@@ -20,6 +20,9 @@ O(n^(−1/2))).
 
 Infinite values are ordinary values here: a recovery that never happened
 (``inf``) is later than every one that did, in both samples alike.
+
+`wilson_interval` gives the score interval of a binomial proportion (the
+share of seeds that recover every teacher expert, `jaxmoe.phase`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import math
 
 import numpy as np
 
-__all__ = ["ks_2samp"]
+__all__ = ["ks_2samp", "wilson_interval"]
 
 _MAX_EXACT = 10_000  # SciPy's 'auto': exact up to this sample size
 
@@ -114,3 +117,29 @@ def ks_2samp(sample1, sample2) -> tuple[float, float]:
         p = _prob_outside_square(n1, h) if n1 == n2 else _prob_outside_band(n1, n2, h, g)
         return d, float(np.clip(p, 0.0, 1.0))
     return d, _kolmogorov_sf(math.sqrt(n1 * n2 / (n1 + n2)) * d)
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson's score interval for a binomial proportion (95% by default).
+
+    With p̂ = k/n: ``(p̂ + z²/2n ± z·√(p̂(1 − p̂)/n + z²/4n²)) / (1 + z²/n)``
+    (E. B. Wilson, "Probable inference, the law of succession, and
+    statistical inference", JASA 22, 1927). Unlike p̂ ± z·√(p̂(1 − p̂)/n) it
+    stays inside [0, 1] and is not empty at k = 0 or k = n.
+
+    **Arguments:** `successes` k and `trials` n (integers, 0 ≤ k ≤ n, n ≥ 1);
+    `z` the normal quantile (1.96: 95%).
+
+    **Returns:** ``(low, high)``.
+
+    Example::
+
+        jaxmoe.stats.wilson_interval(0, 64)    # (0.0, 0.0565)
+    """
+    if not (isinstance(trials, (int, np.integer)) and isinstance(successes, (int, np.integer))) or trials < 1 or not 0 <= successes <= trials:
+        raise ValueError(f"wilson_interval needs integers 0 ≤ successes ≤ trials, trials ≥ 1; got {successes}, {trials}")
+    p = successes / trials
+    scale = 1.0 + z * z / trials
+    center = (p + z * z / (2 * trials)) / scale
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / scale
+    return max(0.0, center - half), min(1.0, center + half)

@@ -3,7 +3,7 @@
     jaxmoe simulate [--d 1000 --m 25 --m-star 5 --seeds 4 ...]
 
 One module per command (`simulate`, `sweep`, `compare`, `scaling`, `prune`,
-`slim`, `rates`), each with ``add_parser(subparsers)`` and ``run(args)``; the flags
+`slim`, `rates`, `stuck`, `phase`), each with ``add_parser(subparsers)`` and ``run(args)``; the flags
 they share, one per `SimulationConfig` field, are in `_flags`.
 
 The error policy: bad input ends with one line on stderr and exit code 2,
@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import sys
 
-from . import compare, prune, rates, scaling, simulate, slim, sweep
+from . import compare, phase, prune, rates, scaling, simulate, slim, stuck, sweep
 from ._flags import Parser, UsageError
 
 __all__ = ["COMMANDS", "UsageError", "main", "parser"]
 
-COMMANDS = {"simulate": simulate, "sweep": sweep, "compare": compare, "scaling": scaling, "prune": prune, "slim": slim, "rates": rates}
+COMMANDS = {"simulate": simulate, "sweep": sweep, "compare": compare, "scaling": scaling, "prune": prune, "slim": slim,
+            "rates": rates, "phase": phase, "stuck": stuck}
 
 
 def parser() -> Parser:
