@@ -80,7 +80,7 @@ def read_header(path: str | os.PathLike, kind: str, version: int) -> dict[str, A
         raise ValueError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(header, dict) or header.get("format") != kind:
         found = header.get("format") if isinstance(header, dict) else None
-        raise ValueError(f"{path} is not a {kind} header (format {found!r}, {kind!r} expected)")
+        raise ValueError(f"{path} is not a {kind.replace('.', ' ')} header (format {found!r}, {kind!r} expected)")
     if header.get("version") != version:
         raise ValueError(f"{path} has version {header.get('version')!r}; this jaxmoe reads version {version}")
     return header
