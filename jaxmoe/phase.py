@@ -45,7 +45,7 @@ def phase_points(config: SimulationConfig, ratios=DEFAULT_RATIOS, dims=DEFAULT_D
 
     Example::
 
-        points = jaxmoe.phase.phase_points(jaxmoe.SimulationConfig(m_star=2, seeds=4), (1, 2), (100,), t_max=200.0)
+        points = jaxmoe.phase.phase_points(jaxmoe.SimulationConfig(m_star=2, seeds=2), (1, 2), (100,), t_max=200.0)
         [p.name for p in points]      # ['000-ratio=1-d=100', '001-ratio=2-d=100']
     """
     from .scaling import default_t_max
@@ -192,7 +192,7 @@ def run_phase(
 
     Example::
 
-        points = jaxmoe.phase.phase_points(jaxmoe.SimulationConfig(m_star=2, seeds=4), (1, 2), (100,), t_max=200.0)
+        points = jaxmoe.phase.phase_points(jaxmoe.SimulationConfig(m_star=2, seeds=2), (1, 2), (100,), t_max=200.0)
         rows = jaxmoe.phase.run_phase(points, "runs/phase", progress=False)
         print(jaxmoe.phase.format_phase(rows))
     """

@@ -4,7 +4,30 @@ jaxmoe never flips JAX's global configuration at import (README, "Architecture")
 suite opts in here, before any test module builds an array.
 """
 
-import jax
+import atexit
+import os
+import shutil
+import tempfile
+
+# One persistent compilation cache for the whole session: the xdist workers
+# and every subprocess a test starts (the command line, killed-and-resumed
+# chunks) inherit it from the process that loads this file first, so a
+# program compiled once is read back wherever it recurs (each file's
+# in-memory caches are freed when it ends, below). The cache lives and dies
+# with the session: nothing carries over between runs.
+if "JAXMOE_TEST_CACHE" not in os.environ:
+    os.environ["JAXMOE_TEST_CACHE"] = tempfile.mkdtemp(prefix="jaxmoe-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAXMOE_TEST_CACHE"], ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["JAXMOE_TEST_CACHE"])
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# diffrax checks its save times at run time through equinox's runtime errors,
+# a host callback, and JAX never caches a program holding one (so no solve
+# would be cached). The suite's save times are valid by construction
+# (`jaxmoe.flow.time_grid`, and each test's own), so in tests that check
+# returns NaN instead of raising. Set before equinox is imported, which reads it then.
+os.environ.setdefault("EQX_ON_ERROR", "nan")
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 

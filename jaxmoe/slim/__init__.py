@@ -23,12 +23,12 @@ sampling noise:
 Example::
 
     import jaxmoe.slim
-    result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2, t_max=200.0)
-    out = jaxmoe.slim.slim(result, schedules=[(4, 2)], alphas=[0.0, 1.0], t_max=50.0)
+    result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
+    out = jaxmoe.slim.slim(result, schedules=[(3, 2)], alphas=[0.5], t_max=50.0)
     print(jaxmoe.slim.format_slim_table(out))
     jaxmoe.slim.save_slim(out, "runs/example/slim")
 
-From the command line: ``jaxmoe slim RUN --schedule 4,2 --alpha 0,1 --t-max 50``.
+From the command line: ``jaxmoe slim RUN --schedule 3,2 --alpha 0,0.5,1 --t-max 50``.
 """
 
 from __future__ import annotations
