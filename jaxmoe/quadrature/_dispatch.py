@@ -160,7 +160,7 @@ def loss_on_nodes(student: Mixture, teacher: Mixture, points, weights, *, t=None
     raise ValueError(f"the {rule!r} rule has no nodes")
 
 
-def mixture_loss(student: Model, teacher: Model, t=None, *, nodes: int | None = None) -> Scalar:
+def mixture_loss(student: Model, teacher: Model, t=None, *, nodes: int | None = None, frame: bool = True) -> Scalar:
     """The population loss ``½ E[(f_student − f_teacher)²]`` by the best rule for the families.
 
     Dispatches by `loss_rule`: the exact kernel, the pair kernel, the
@@ -178,6 +178,9 @@ def mixture_loss(student: Model, teacher: Model, t=None, *, nodes: int | None = 
       (``None``: t = 0).
     - `nodes`: the node budget of the conditional or quasi-Monte Carlo rule
       (default `CONDITIONAL_NODES`, `QMC_NODES`; ignored by the kernels).
+    - `frame`: False runs quasi-Monte Carlo in the coordinates as given, not
+      in the frame of the span (`quasi_monte_carlo_loss`; ignored by the
+      other rules, which have no frame).
 
     **Returns:** a scalar.
 
@@ -206,4 +209,4 @@ def mixture_loss(student: Model, teacher: Model, t=None, *, nodes: int | None = 
         return independent_loss(student, teacher)
     if rule == "conditional":
         return conditional_loss(student, teacher, t=t, nodes=nodes or CONDITIONAL_NODES)
-    return quasi_monte_carlo_loss(student, teacher, t=t, nodes=nodes or QMC_NODES)
+    return quasi_monte_carlo_loss(student, teacher, t=t, nodes=nodes or QMC_NODES, frame=frame)

@@ -9,7 +9,7 @@ Both terms are `jaxmoe.quadrature.mixture_loss` (the exact kernel of
 docs/model.md §2 for the paper's model, the rule `loss_rule` picks for
 other families), so the mixture is exact where the rule is. One exception:
 for mlp experts the distillation term runs its quasi-Monte Carlo rule in the
-input coordinates, not in the frame of the span (`_previous_loss`). α = 1 is fine-tuning on the
+input coordinates, not in the frame of the span (``frame=False``). α = 1 is fine-tuning on the
 teacher (what `jaxmoe prune` does); α = 0 is pure distillation. The flow
 ``dθ/dt = −∇L_α`` is integrated by diffrax (Tsit5, PID step control, as the
 fine-tuning of `jaxmoe.prune`), each seed on its own step sizes; what is
@@ -28,8 +28,7 @@ import numpy as np
 
 from ..base import Model
 from ..devices import in_blocks, solve_block
-from ..families import as_mixture
-from ..quadrature import loss_rule, mixture_loss, quasi_monte_carlo_loss
+from ..quadrature import mixture_loss
 from ._schedule import check_alpha
 
 __all__ = ["distillation_loss", "distill"]
@@ -52,21 +51,11 @@ def distillation_loss(student: Model, teacher: Model, previous: Model, alpha: fl
     if alpha > 0:
         total = total + alpha * mixture_loss(student, teacher, t)
     if alpha < 1:
-        total = total + (1.0 - alpha) * _previous_loss(student, previous, t)
+        # Out of the span's frame: a slimmed student starts as a copy of part of
+        # `previous`, where the frame of the quasi-Monte Carlo rule (mlp experts)
+        # is discontinuous (`jaxmoe.quadrature.quasi_monte_carlo_loss`, ``frame``).
+        total = total + (1.0 - alpha) * mixture_loss(student, previous, t, frame=False)
     return total
-
-
-def _previous_loss(student: Model, previous: Model, t=None):
-    """The distillation term: `mixture_loss`, except that quasi-Monte Carlo runs in the input coordinates.
-
-    A slimmed student starts as a copy of part of `previous`, where the span
-    frame of the quasi-Monte Carlo rule (mlp experts) is discontinuous
-    (`jaxmoe.quadrature.quasi_monte_carlo_loss`, ``frame``); the exact and
-    conditional rules have no such frame and are used as they are.
-    """
-    if loss_rule(student, previous) == "quasi-monte carlo":
-        return quasi_monte_carlo_loss(as_mixture(student), as_mixture(previous), t=t, frame=False)
-    return mixture_loss(student, previous, t)
 
 
 def _status(result, finite) -> jax.Array:
