@@ -88,25 +88,32 @@ def rkc2_stages(h_rho, *, safety: float = 1.25, max_stages: int = 256, damping: 
     return jnp.clip(jnp.where(jnp.isfinite(stages), stages, max_stages), 2, max_stages).astype(jnp.int32)
 
 
-def _jacobian_product(func: Callable, y: PyTree, f: PyTree, v: PyTree, eps: float | None = None) -> PyTree:
-    """``J v ≈ (F(y + δv) − F(y)) / δ`` for unit v, δ = √ε (1 + ‖y‖); F maps y to a y-shaped rate.
-
-    ε is the rounding unit of F's arithmetic: `eps`, or that of y's dtype.
-    """
-    if eps is None:
-        eps = float(jnp.finfo(jtu.tree_leaves(y)[0].dtype).eps)
-    delta = jnp.sqrt(eps) * (1.0 + _norm(y))
-    shifted = func(_axpy((1.0, y), (delta, v)))
-    return _axpy((1.0 / delta, shifted), (-1.0 / delta, f))
+def _where(condition, a: PyTree, b: PyTree) -> PyTree:
+    return jtu.tree_map(lambda x, y: jnp.where(condition, x, y), a, b)
 
 
-def _power_step(func: Callable, y: PyTree, f: PyTree, v: PyTree, eps: float | None = None) -> tuple[PyTree, Array]:
-    """One warm-started power iteration: the new unit iterate and ``‖J v‖`` (≤ ρ, → ρ)."""
-    jv = _jacobian_product(func, y, f, v, eps)
+def _difference_step(eps, y: PyTree, f: PyTree, v: PyTree, shifted: PyTree) -> tuple[PyTree, Array]:
+    """One power step from ``F(y + δv)`` (`shifted`) and ``F(y)`` (`f`): the new unit iterate and
+    ``‖J v‖`` (≤ ρ, → ρ), with ``J v ≈ (F(y + δv) − F(y)) / δ`` for unit v (`_shift`)."""
+    delta = _shift(eps, y)
+    jv = _axpy((1.0 / delta, shifted), (-1.0 / delta, f))
     size = _norm(jv)
     ok = jnp.isfinite(size) & (size > 0)
     v_new = jtu.tree_map(lambda a, b: jnp.where(ok, a / jnp.where(ok, size, 1.0), b), jv, v)
     return v_new, jnp.where(ok, size, 0.0)
+
+
+def _shift(eps: float | None, y: PyTree) -> Array:
+    """The finite difference's δ = √ε (1 + ‖y‖), ε the rounding unit of the field's arithmetic
+    (`eps`, or that of y's dtype)."""
+    if eps is None:
+        eps = float(jnp.finfo(jtu.tree_leaves(y)[0].dtype).eps)
+    return jnp.sqrt(eps) * (1.0 + _norm(y))
+
+
+def _power_step(func: Callable, y: PyTree, f: PyTree, v: PyTree, eps: float | None = None) -> tuple[PyTree, Array]:
+    """One warm-started power iteration at y (F = `func`, ``F(y)`` = `f`): the new unit iterate and ``‖J v‖``."""
+    return _difference_step(eps, y, f, v, func(_axpy((1.0, y), (_shift(eps, y), v))))
 
 
 def _start_vector(y: PyTree) -> PyTree:
@@ -117,6 +124,10 @@ def _start_vector(y: PyTree) -> PyTree:
     noise = [jax.random.normal(k, jnp.shape(leaf), jnp.result_type(leaf)) for k, leaf in zip(keys, leaves)]
     v = jtu.tree_unflatten(treedef, noise)
     return jtu.tree_map(lambda a: a / _norm(v), v)
+
+
+def _due(count: Array, every: int) -> Array:
+    return jnp.asarray(True) if every == 1 else count % every == 0
 
 
 def _warm_power_step(func: Callable, y: PyTree, f: PyTree, state: tuple, every: int, eps: float | None = None) -> tuple:
@@ -132,25 +143,37 @@ def _warm_power_step(func: Callable, y: PyTree, f: PyTree, state: tuple, every: 
     if every == 1:
         v1, rho1 = _power_step(func, y, f, v, eps)
         return v1, rho1, count + 1
-    due = count % every == 0
+    due = _due(count, every)
     v1, rho1 = jax.lax.cond(
         eqx.internal.unvmap_any(due), lambda: _power_step(func, y, f, v, eps), lambda: (v, rho)
     )
-    v1 = jtu.tree_map(lambda a, b: jnp.where(due, a, b), v1, v)
-    return v1, jnp.where(due, rho1, rho), count + 1
+    return _where(due, v1, v), jnp.where(due, rho1, rho), count + 1
 
 
-def _power_iteration(
-    func: Callable, y: PyTree, f: PyTree, iterations: int, eps: float | None = None
-) -> tuple[PyTree, Array]:
-    """`iterations` power steps from `_start_vector`: the iterate and the estimate of ρ."""
+def _cold_start(evaluate: Callable, y: PyTree, iterations: int, eps: float | None = None, rate_of: Callable = lambda out: out):
+    """``(F(y), v, ρ)``: the field's output at y, and `iterations` power steps from `_start_vector`.
 
-    def body(_, carry):
-        v, _ = carry
-        return _power_step(func, y, f, v, eps)
+    `evaluate` maps a point to the field's output there, `rate_of` that
+    output to a y-shaped rate. All ``iterations + 1`` evaluations happen
+    at one place in the program, a loop whose first pass evaluates at y
+    itself: XLA compiles every place a program evaluates the field as a
+    copy of its own, and the field is nearly all of a solve's program
+    (benchmarks/compile.py).
+    """
+    out_shape = jax.eval_shape(evaluate, y)
+    f0 = jtu.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
+    delta = _shift(eps, y)
+
+    def body(i, carry):
+        f, v, rho = carry
+        first = i == 0
+        out = evaluate(_where(first, y, _axpy((1.0, y), (delta, v))))
+        f = _where(first, out, f)
+        v_new, size = _difference_step(eps, y, rate_of(f), v, rate_of(out))
+        return f, _where(first, v, v_new), jnp.where(first, jnp.zeros_like(size), size)
 
     zero = jnp.zeros((), jtu.tree_leaves(y)[0].dtype)
-    return jax.lax.fori_loop(0, iterations, body, (_start_vector(y), zero))
+    return jax.lax.fori_loop(0, iterations + 1, body, (f0, _start_vector(y), zero))
 
 
 def spectral_radius(func: Callable, y: PyTree, *, iterations: int = 30) -> Array:
@@ -162,12 +185,7 @@ def spectral_radius(func: Callable, y: PyTree, *, iterations: int = 30) -> Array
         rho = jaxmoe.solvers.spectral_radius(lambda y: -jnp.array([1.0, 36.0]) * y, jnp.ones(2))
         assert np.allclose(rho, 36.0, rtol=1e-6)
     """
-    return _power_iteration(func, y, func(y), iterations)[1]
-
-
-def _rate(terms, t, args) -> Callable:
-    """y ↦ the y-shaped rate of the term (its vector field times a unit control)."""
-    return lambda y: terms.prod(terms.vf(t, y, args), jnp.ones((), jtu.tree_leaves(y)[0].dtype))
+    return _cold_start(func, y, iterations)[2]
 
 
 class RKC2(diffrax.AbstractAdaptiveSolver):
@@ -238,9 +256,11 @@ class RKC2(diffrax.AbstractAdaptiveSolver):
         return 3  # the estimate is of the method's own local error, O(h³)
 
     def init(self, terms, t0, t1, y0, args):
-        f0 = terms.vf(t0, y0, args)
-        rate = _rate(terms, t0, args)
-        v, rho = _power_iteration(rate, y0, rate(y0), self.power_iterations, self.difference_eps)
+        unit = jnp.ones((), jtu.tree_leaves(y0)[0].dtype)
+        f0, v, rho = _cold_start(
+            lambda y: terms.vf(t0, y, args), y0, self.power_iterations, self.difference_eps,
+            rate_of=lambda f: terms.prod(f, unit),
+        )
         return f0, (v, rho, jnp.asarray(1, jnp.int32))
 
     def func(self, terms, t0, y0, args):
@@ -253,21 +273,26 @@ class RKC2(diffrax.AbstractAdaptiveSolver):
             f0 = jax.lax.cond(eqx.internal.unvmap_any(made_jump), lambda: terms.vf(t0, y0, args), lambda: f0)
         h = t1 - t0
         stages = rkc2_stages(h * rho, safety=self.safety, max_stages=self.max_stages)
-        y1, f1 = _rkc2(terms, t0, h, y0, f0, args, stages)
+        # The stages, F(y1) and (when due) the power step that keeps the
+        # spectral radius warm at y1 (if the controller rejects the step it
+        # keeps y0 and the old state), in one loop.
+        y1, f1, power = _rkc2(terms, t0, t1, y0, f0, args, stages, power, self.power_every, self.difference_eps)
         k0, k1 = terms.prod(f0, h), terms.prod(f1, h)
         y_error = _axpy((0.8, y0), (-0.8, y1), (0.4, k0), (0.4, k1))
-        # Keep the spectral radius warm, at the new point (if the controller
-        # rejects the step it keeps y0 and the old state).
-        unit = jnp.ones((), jnp.result_type(h))
-        power = _warm_power_step(
-            _rate(terms, t1, args), y1, terms.prod(f1, unit), power, self.power_every, self.difference_eps
-        )
         dense_info = dict(y0=y0, y1=y1, k0=k0, k1=k1)
         return y1, y_error, dense_info, (f1, power), diffrax.RESULTS.successful
 
 
-def _rkc2(terms, t0, h, y0, f0, args, stages):
-    """The RKC2 stage recurrence (`RKC2` docstring) with a traced stage count; returns y1 and F(y1)."""
+def _rkc2(terms, t0, t1, y0, f0, args, stages, power, every: int, eps: float | None):
+    """One RKC2 step (`RKC2` docstring) with a traced stage count: y1, F(y1) and the power state.
+
+    Every evaluation of the field in the step — F(Y_1) … F(Y_{s−1}), F(y1)
+    = F(Y_s) and, every `every` accepted steps, the power step's
+    F(y1 + δv) — happens at one place in the program: passes j = 2 … s of
+    one loop are the stages, pass s + 1 evaluates F(Y_s), pass s + 2 (when
+    due) the power step (`_cold_start` says why).
+    """
+    h = t1 - t0
     dtype = jnp.result_type(h)
     s = stages.astype(dtype)
     w0 = 1.0 + RKC_DAMPING / s**2
@@ -292,9 +317,21 @@ def _rkc2(terms, t0, h, y0, f0, args, stages):
     mu1 = b2 * w1
     k0 = terms.prod(f0, h)
     y1 = _axpy((1.0, y0), (mu1, k0))
+    v, rho, count = power
+    last = stages + 1 + _due(count, every).astype(stages.dtype)
+    unit = jnp.ones((), jtu.tree_leaves(y0)[0].dtype)
 
-    def stage(carry):
-        j, y_prev2, y_prev, c_prev2, c_prev, b_prev2, b_prev, cheb = carry
+    def rate_of(out):
+        return terms.prod(out, unit)
+
+    def body(carry):
+        j, stage_state, f1, v, rho = carry
+        y_prev2, y_prev, c_prev2, c_prev, b_prev2, b_prev, cheb = stage_state
+        in_stage, at_end = j <= stages, j == stages + 1
+        time = jnp.where(in_stage, t0 + c_prev * h, jnp.where(at_end, t0 + h, t1))
+        point = _where(j <= stages + 1, y_prev, _axpy((1.0, y_prev), (_shift(eps, y_prev), v)))
+        out = terms.vf(time, point, args)
+        # Pass j ≤ s: stage j from F(Y_{j−1}).
         t, d, dd = cheb
         tj, dj, ddj = chebyshev(t, d, dd)
         b_j = jnp.where(j == 2, b2, ddj / dj**2)
@@ -303,15 +340,20 @@ def _rkc2(terms, t0, h, y0, f0, args, stages):
         nu = -b_j / b_prev2
         mu_tilde = 2 * w1 * b_j / b_prev
         gamma_tilde = -a_prev * mu_tilde
-        k_prev = terms.prod(terms.vf(t0 + c_prev * h, y_prev, args), h)
+        k_prev = terms.prod(out, h)
         y_j = _axpy((1.0 - mu - nu, y0), (mu, y_prev), (nu, y_prev2), (mu_tilde, k_prev), (gamma_tilde, k0))
         c_j = mu * c_prev + nu * c_prev2 + mu_tilde + gamma_tilde
-        return j + 1, y_prev, y_j, c_prev, c_j, b_prev, b_j, ((t[1], tj), (d[1], dj), (dd[1], ddj))
+        staged = (y_prev, y_j, c_prev, c_j, b_prev, b_j, ((t[1], tj), (d[1], dj), (dd[1], ddj)))
+        stage_state = _where(in_stage, staged, stage_state)
+        # Pass s + 1: F(y1); pass s + 2: the power step at y1 = Y_s.
+        f1 = _where(at_end, out, f1)
+        v_new, size = _difference_step(eps, y_prev, rate_of(f1), v, rate_of(out))
+        powered = j == stages + 2
+        return j + 1, stage_state, f1, _where(powered, v_new, v), jnp.where(powered, size, rho)
 
-    carry = (jnp.asarray(2, stages.dtype), y0, y1, zero, mu1, b2, b2, cheb1)
-    carry = jax.lax.while_loop(lambda c: c[0] <= stages, stage, carry)
-    y_s = carry[2]
-    return y_s, terms.vf(t0 + h, y_s, args)
+    carry = (jnp.asarray(2, stages.dtype), (y0, y1, zero, mu1, b2, b2, cheb1), f0, v, rho)
+    _, stage_state, f1, v, rho = jax.lax.while_loop(lambda c: c[0] <= last, body, carry)
+    return stage_state[1], f1, (v, rho, count + 1)
 
 
 class AuxTerm(diffrax.AbstractTerm):
@@ -403,7 +445,7 @@ class Tracked(diffrax.AbstractAdaptiveSolver):
         if self.stiffness is None:
             return inner, None
         rate = self._rate(terms, t0, args)
-        v, rho = _power_iteration(rate, y0[0], rate(y0[0]), self.power_iterations, self.difference_eps)
+        _, v, rho = _cold_start(rate, y0[0], self.power_iterations, self.difference_eps)
         return inner, (v, rho, jnp.asarray(1, jnp.int32))
 
     def func(self, terms, t0, y0, args):
