@@ -276,9 +276,9 @@ def slim(
     Example::
 
         import jaxmoe.slim
-        result = jaxmoe.simulate(d=100, m=6, m_star=2, seeds=2, t_max=200.0)
-        out = jaxmoe.slim.slim(result, schedules=[(4, 2)], alphas=[0.0, 1.0], t_max=50.0)
-        [run.label for run in out.runs]       # ['2 α=0', '2 α=1', '4→2 α=0', '4→2 α=1']
+        result = jaxmoe.simulate(d=100, m=4, m_star=2, seeds=2, t_max=200.0)
+        out = jaxmoe.slim.slim(result, schedules=[(3, 2)], alphas=[0.0, 1.0], t_max=50.0)
+        assert [run.label for run in out.runs] == ['2 α=0', '2 α=1', '3→2 α=0', '3→2 α=1']
         out.runs[0].loss_final                # (S,) one-shot, distilled from the unpruned student
     """
     check_rule(rule, threshold)
