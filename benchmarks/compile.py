@@ -165,7 +165,7 @@ def main(argv=None) -> None:
         for row, solver in ROWS:
             result = _run([row, problem, solver], env)
             with tempfile.TemporaryDirectory() as dump:
-                counted = _run(
+                _run(
                     [row, problem, solver, "--count-sites"],
                     {**env, "XLA_FLAGS": f"--xla_dump_to={dump} --xla_dump_hlo_pass_re=^$"},
                 )
