@@ -92,10 +92,9 @@ def _where(condition, a: PyTree, b: PyTree) -> PyTree:
     return jtu.tree_map(lambda x, y: jnp.where(condition, x, y), a, b)
 
 
-def _difference_step(eps, y: PyTree, f: PyTree, v: PyTree, shifted: PyTree) -> tuple[PyTree, Array]:
+def _difference_step(delta: Array, f: PyTree, v: PyTree, shifted: PyTree) -> tuple[PyTree, Array]:
     """One power step from ``F(y + δv)`` (`shifted`) and ``F(y)`` (`f`): the new unit iterate and
-    ``‖J v‖`` (≤ ρ, → ρ), with ``J v ≈ (F(y + δv) − F(y)) / δ`` for unit v (`_shift`)."""
-    delta = _shift(eps, y)
+    ``‖J v‖`` (≤ ρ, → ρ), with ``J v ≈ (F(y + δv) − F(y)) / δ`` for unit v (δ: `_shift`)."""
     jv = _axpy((1.0 / delta, shifted), (-1.0 / delta, f))
     size = _norm(jv)
     ok = jnp.isfinite(size) & (size > 0)
@@ -113,7 +112,8 @@ def _shift(eps: float | None, y: PyTree) -> Array:
 
 def _power_step(func: Callable, y: PyTree, f: PyTree, v: PyTree, eps: float | None = None) -> tuple[PyTree, Array]:
     """One warm-started power iteration at y (F = `func`, ``F(y)`` = `f`): the new unit iterate and ``‖J v‖``."""
-    return _difference_step(eps, y, f, v, func(_axpy((1.0, y), (_shift(eps, y), v))))
+    delta = _shift(eps, y)
+    return _difference_step(delta, f, v, func(_axpy((1.0, y), (delta, v))))
 
 
 def _start_vector(y: PyTree) -> PyTree:
@@ -169,7 +169,7 @@ def _cold_start(evaluate: Callable, y: PyTree, iterations: int, eps: float | Non
         first = i == 0
         out = evaluate(_where(first, y, _axpy((1.0, y), (delta, v))))
         f = _where(first, out, f)
-        v_new, size = _difference_step(eps, y, rate_of(f), v, rate_of(out))
+        v_new, size = _difference_step(delta, rate_of(f), v, rate_of(out))
         return f, _where(first, v, v_new), jnp.where(first, jnp.zeros_like(size), size)
 
     zero = jnp.zeros((), jtu.tree_leaves(y)[0].dtype)
@@ -329,7 +329,8 @@ def _rkc2(terms, t0, t1, y0, f0, args, stages, power, every: int, eps: float | N
         y_prev2, y_prev, c_prev2, c_prev, b_prev2, b_prev, cheb = stage_state
         in_stage, at_end = j <= stages, j == stages + 1
         time = jnp.where(in_stage, t0 + c_prev * h, jnp.where(at_end, t0 + h, t1))
-        point = _where(j <= stages + 1, y_prev, _axpy((1.0, y_prev), (_shift(eps, y_prev), v)))
+        delta = _shift(eps, y_prev)
+        point = _where(j <= stages + 1, y_prev, _axpy((1.0, y_prev), (delta, v)))
         out = terms.vf(time, point, args)
         # Pass j ≤ s: stage j from F(Y_{j−1}).
         t, d, dd = cheb
@@ -347,7 +348,7 @@ def _rkc2(terms, t0, t1, y0, f0, args, stages, power, every: int, eps: float | N
         stage_state = _where(in_stage, staged, stage_state)
         # Pass s + 1: F(y1); pass s + 2: the power step at y1 = Y_s.
         f1 = _where(at_end, out, f1)
-        v_new, size = _difference_step(eps, y_prev, rate_of(f1), v, rate_of(out))
+        v_new, size = _difference_step(delta, rate_of(f1), v, rate_of(out))
         powered = j == stages + 2
         return j + 1, stage_state, f1, _where(powered, v_new, v), jnp.where(powered, size, rho)
 
