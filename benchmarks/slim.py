@@ -11,7 +11,7 @@ is written to benchmarks/results/slim-<machine>.md.
 Settings: ``fig1`` is the paper's Figure 1 setting (d = 1000, m = 25, m* = 5),
 slimmed over experts, one-shot to 5 against 15→10→5 and 10→5; ``mlp`` is
 d = 20, m = m* = 2 with mlp experts of 8 hidden units against a teacher of 2,
-slimmed over hidden units, one-shot to 2 against 8→4→2. Start points: the
+slimmed over hidden units, one-shot to 2 against 8→4→2 and 8→6→4→2. Start points: the
 end of the run, and (per seed, re-simulated) when its K-th teacher expert is
 recovered.
 """
@@ -53,7 +53,7 @@ SETTINGS = {
             "--t-max",
             "300",
         ],
-        "slim": ["--axis", "hidden", "--schedule", "8,4,2"],
+        "slim": ["--axis", "hidden", "--schedule", "8,4,2", "--schedule", "8,6,4,2"],
         "starts": ["end", "recovered:1"],
     },
 }
