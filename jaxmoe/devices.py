@@ -204,11 +204,14 @@ def in_blocks(fn: Callable, num_batched: int, block: int | None) -> Callable:
     its first `num_batched` arguments, outputs batched too); `block` seeds
     per block, or ``None`` to return `fn` itself.
 
-    **Returns:** a jitted function with `fn`'s signature. With more than
-    `block` seeds it pads the seed axis (repeating the last seed) to a
-    multiple of `block`, runs `fn` on each block in a `jax.lax.map`, and
-    trims the padding; otherwise it calls `fn` directly. A seed's numbers do
-    not depend on the block it runs in.
+    **Returns:** a function with `fn`'s signature. With more than `block`
+    seeds it pads the seed axis (repeating the last seed) to a multiple of
+    `block`, runs `fn` on each block and trims the padding; otherwise it
+    calls `fn` directly. Called on arrays, it calls `fn` once per block from
+    Python, so a jitted `fn` compiles once per block shape, whatever the
+    number of seeds; called inside a trace (e.g. under `shard_seeds`), the
+    blocks are a `jax.lax.map` in the one program. A seed's numbers do not
+    depend on the block it runs in.
 
     Example::
 
@@ -231,4 +234,25 @@ def in_blocks(fn: Callable, num_batched: int, block: int | None) -> Callable:
         out = jax.lax.map(lambda b: fn(*b, *replicated), stacked)
         return jax.tree_util.tree_map(lambda x: x.reshape((blocks * block,) + x.shape[2:])[:seeds], out)
 
-    return jax.jit(blocked)
+    traced = jax.jit(blocked)
+
+    def each_block(*args):
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(args)):
+            return traced(*args)
+        batched, replicated = args[:num_batched], args[num_batched:]
+        seeds = _num_seeds(batched)
+        if seeds <= block:
+            return fn(*args)
+        # The blocks are cut and joined on the host: slicing device arrays
+        # eagerly would compile a program per block offset. (Blocks are for
+        # a CPU, `seed_block` and `solve_block`, where the host is the device.)
+        blocks = -(-seeds // block)
+        pad = blocks * block - seeds
+        host = jax.tree_util.tree_map(lambda x: np.concatenate([x, np.repeat(np.asarray(x)[-1:], pad, axis=0)]), batched)
+        outs = []
+        for start in range(0, blocks * block, block):
+            part = jax.tree_util.tree_map(lambda x, start=start: x[start : start + block], host)
+            outs.append(jax.device_get(fn(*part, *replicated)))
+        return jax.tree_util.tree_map(lambda *xs: jnp.asarray(np.concatenate(xs)[:seeds]), *outs)
+
+    return each_block

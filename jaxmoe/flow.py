@@ -128,8 +128,6 @@ class _Spec(NamedTuple):
     (the model families are in the models' tree structure, which `jax.jit` keys on)."""
 
     solver: str
-    rtol: float
-    atol: float
     dt: float | None
     max_steps: int
     progress: bool
@@ -205,15 +203,16 @@ def _compiled_solve(spec: _Spec):
     # Mixed precision: float32 while the flow is not stiff (auto's first phase).
     first_term = AuxTerm(_field_mixed) if spec.mixed else term
 
-    def controller(t_max):
+    def controller(t_max, rtol, atol):
         if spec.solver == "rk4":
             return diffrax.ConstantStepSize()
         # A non-finite trial step is rejected and the step shrunk; dtmin turns
         # that collapse into a prompt stop instead of spinning to max_steps.
-        # (Traced, not static, so that one compiled solve serves every t_max.)
+        # (Traced, not static, as are the tolerances, so that one compiled
+        # solve serves every t_max, rtol and atol.)
         # The norm reads the student only: the loss carried beside it is not integrated.
         return diffrax.PIDController(
-            rtol=spec.rtol, atol=spec.atol, pcoeff=0.3, icoeff=0.3, dtmin=1e-12 * t_max, norm=state_norm
+            rtol=rtol, atol=atol, pcoeff=0.3, icoeff=0.3, dtmin=1e-12 * t_max, norm=state_norm
         )
 
     def stop(t, y, teacher, threshold, recovered_at, switch=False, **kwargs):
@@ -255,7 +254,7 @@ def _compiled_solve(spec: _Spec):
         stiff = (result == diffrax.RESULTS.event_occurred) & (y[1]["stiff"] > 0)
         return stiff & ~stop(t, y, teacher, threshold, recovered_at)
 
-    def phase(solver, y0, teacher, t0, times, threshold, recovered_at, switch, start, index=0):
+    def phase(solver, y0, teacher, t0, times, threshold, recovered_at, tolerances, switch, start, index=0):
         saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=times, fn=save_fn), diffrax.SubSaveAt(t1=True)])
         event = diffrax.Event(functools.partial(stop, threshold=threshold, recovered_at=recovered_at, switch=switch))
         return diffrax.diffeqsolve(
@@ -267,18 +266,20 @@ def _compiled_solve(spec: _Spec):
             y0=y0,
             args=teacher,
             saveat=saveat,
-            stepsize_controller=controller(times[-1]),
+            stepsize_controller=controller(times[-1], *tolerances),
             max_steps=spec.max_steps,
             event=event,
             throw=False,
             progress_meter=SlowestSeedMeter(start=start, phase=index) if spec.progress else diffrax.NoProgressMeter(),
         )
 
-    def integrate_one(student0, teacher, times, threshold, recovered_at):
+    def integrate_one(student0, teacher, times, threshold, recovered_at, tolerances):
         """One seed by `diffrax.diffeqsolve`: saved times and values, final time and student, result, steps."""
         y0 = initial(student0, teacher, times[0])
         if spec.solver != "auto":
-            solution = phase(_solver(spec.solver, spec), y0, teacher, times[0], times, threshold, recovered_at, False, 0.0)
+            solution = phase(
+                _solver(spec.solver, spec), y0, teacher, times[0], times, threshold, recovered_at, tolerances, False, 0.0
+            )
             saved_ts, final_ts = solution.ts
             saved, final = solution.ys
             final = jax.tree_util.tree_map(lambda x: x[0], final)  # the t1 save has a length-1 time axis
@@ -287,7 +288,7 @@ def _compiled_solve(spec: _Spec):
         # first stability-limited step on (docs/solvers.md).
         first = phase(
             _solver("tsit5", spec, stiffness=spec.auto_switch), y0, teacher, times[0], times, threshold,
-            recovered_at, True, 0.0,
+            recovered_at, tolerances, True, 0.0,
         )
         ts1, final_ts1 = first.ts
         saved1, final1 = first.ys
@@ -297,7 +298,7 @@ def _compiled_solve(spec: _Spec):
         t_switch = jnp.where(switched, final_ts1[0], times[-1])
         second = phase(
             _solver("rkc2", spec), y_switch, teacher, t_switch, jnp.maximum(times, t_switch), threshold,
-            recovered_at, False, t_switch / times[-1], 1,
+            recovered_at, tolerances, False, t_switch / times[-1], 1,
         )
         ts2, final_ts2 = second.ts
         saved2, final2 = second.ys
@@ -343,11 +344,11 @@ def _compiled_solve(spec: _Spec):
         status = jnp.where((status <= 1) & ~finite, 3, status)
         return saved, student, final_t, num_steps, status
 
-    def solve_one(student0, teacher, times, threshold, recovered_at):
-        raw = integrate_one(student0, teacher, times, threshold, recovered_at)
+    def solve_one(student0, teacher, times, threshold, recovered_at, tolerances):
+        raw = integrate_one(student0, teacher, times, threshold, recovered_at, tolerances)
         return finish_one(*raw, teacher) + (jnp.asarray(0, jnp.int32),)
 
-    def pooled(student, teacher, times, threshold, recovered_at):
+    def pooled(student, teacher, times, threshold, recovered_at, tolerances):
         """The seeds on `spec.lanes` lanes fed from a queue (`pool.py`)."""
         tsit5 = "tsit5" if spec.solver == "auto" else spec.solver
         first_stop = functools.partial(stop, threshold=threshold, recovered_at=recovered_at, switch=spec.solver == "auto")
@@ -362,7 +363,7 @@ def _compiled_solve(spec: _Spec):
         if spec.progress:
             on_finish = lambda count: jax.debug.callback(flow_bar.report_seeds, shard_index(), count)
         out = pool_solve(
-            phases, controller(times[-1]), initial=initial, save_fn=save_fn, students=student, args=teacher,
+            phases, controller(times[-1], *tolerances), initial=initial, save_fn=save_fn, students=student, args=teacher,
             times=times, lanes=spec.lanes, max_steps=spec.max_steps, dt0=spec.dt, handover=handover,
             on_finish=on_finish,
         )
@@ -371,7 +372,7 @@ def _compiled_solve(spec: _Spec):
         )
         return finished + (out["finished_at"],)
 
-    vmapped = jax.vmap(solve_one, in_axes=(0, 0, None, None, None))
+    vmapped = jax.vmap(solve_one, in_axes=(0, 0, None, None, None, None))
 
     def batched(student, teacher, *shared):
         seeds = student.router.shape[0]
@@ -457,8 +458,6 @@ def integrate(config: SimulationConfig, teacher: Model, student: Model, times: n
     pooled = lanes is not None and lanes < per_device
     spec = _Spec(
         solver=config.solver,
-        rtol=config.rtol,
-        atol=config.atol,
         dt=config.dt,
         max_steps=config.max_steps,
         progress=progress,
@@ -475,6 +474,8 @@ def integrate(config: SimulationConfig, teacher: Model, student: Model, times: n
     threshold = jnp.asarray(config.loss_threshold or -1.0, dtype)
     # Alignments never exceed 1, so 2 disables the recovery stop.
     recovered_at = jnp.asarray(2.0 if config.recovery_epsilon is None else 1.0 - config.recovery_epsilon, dtype)
+    # Traced, in the state's dtype (as a Python float would be taken).
+    tolerances = jnp.asarray([config.rtol, config.atol], dtype)
     solve = _compiled_solve(spec)
     if progress:
         if pooled:
@@ -484,7 +485,7 @@ def integrate(config: SimulationConfig, teacher: Model, student: Model, times: n
     finished = False
     try:
         saved, final, t_final, num_steps, status, finished_at = solve(
-            student, teacher, jnp.asarray(times, dtype), threshold, recovered_at
+            student, teacher, jnp.asarray(times, dtype), threshold, recovered_at, tolerances
         )
         out = jax.device_get(dict(saved=saved, student=final, t_final=t_final, num_steps=num_steps, status=status))
         out["router"], out["expert"] = out["student"].router, out["student"].expert

@@ -65,6 +65,29 @@ def test_dloss_dt_is_minus_gradient_norm_squared(small_run):
         assert dl_dt == pytest.approx(-norm_sq, rel=1e-4)
 
 
+def test_one_compiled_solve_serves_every_seed_count_and_tolerance(small_run):
+    """After `small_run`, other seed counts, tolerances and horizons compile no new solve
+    (on a CPU the seeds run one at a time, `devices.in_blocks`; rtol, atol and t_max are traced)."""
+    compiled = []
+
+    def listen(event, duration, fun_name=None, **_):
+        if event.endswith("backend_compile_duration"):
+            compiled.append(fun_name)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        runs = [simulate(SMALL.replace(**changes)) for changes in (dict(seeds=2), dict(seeds=7, rtol=1e-8, atol=1e-10), dict(seeds=3, t_max=5.0))]
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    if jaxmoe.devices.solve_block() == 1:
+        assert not {"jit(batched)", "jit(blocked)"} & set(compiled), compiled  # the solve, and the seeds' loop around it
+    assert [r.status_names() for r in runs] == [["success"] * 2, ["success"] * 7, ["success"] * 3]
+    # Two seeds are the batch's first two, to the last bit (the same program, seed by seed).
+    for name in ("loss", "expert_alignment", "student_router", "num_steps"):
+        np.testing.assert_array_equal(getattr(runs[0], name), getattr(small_run, name)[:2], err_msg=name)
+    assert runs[1].num_steps[0] != small_run.num_steps[0] and runs[2].times[-1] == 5.0
+
+
 def test_agrees_with_fixed_step_rk4():
     base = SMALL.replace(seeds=2, t_max=5.0, num_times=11)
     adaptive = simulate(base)
