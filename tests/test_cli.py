@@ -12,6 +12,8 @@ import pytest
 import jaxmoe
 from jaxmoe.cli import main
 
+from _problems import TINY as TINY_CONFIG  # the same run as TINY, shared with other files
+
 TINY = ["simulate", "--d", "12", "--m", "3", "--m-star", "2", "--seeds", "2", "--t-max", "5",
         "--num-times", "6", "--quiet", "--figure-seeds", "1"]
 
@@ -83,7 +85,11 @@ def test_console_script_has_no_traceback(tmp_path):
 
 def test_seeds_at_the_step_limit_are_flagged_and_the_rest_complete(tmp_path, capsys):
     """A deliberately starved configuration: a step limit some seeds cannot meet."""
-    config = jaxmoe.SimulationConfig(d=12, m=3, m_star=2, seeds=2, t_max=5.0, num_times=6)  # TINY's run
+    from jaxmoe.cli import parser
+    from jaxmoe.cli._flags import config_from_args
+
+    config = TINY_CONFIG
+    assert config_from_args(parser().parse_args(TINY)) == config  # TINY's run
     steps = np.sort(jaxmoe.simulate(config).num_steps)
     assert steps[0] < steps[1]
     limit = int(steps[0] + steps[1]) // 2

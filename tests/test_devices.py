@@ -121,7 +121,9 @@ def test_seed_blocks_give_the_whole_batch_result(monkeypatch, capsys):
     import jaxmoe.discrete
     import jaxmoe.flow
 
-    config = jaxmoe.SimulationConfig(d=12, m=3, m_star=2, seeds=5, t_max=3.0, num_times=5)
+    from _problems import TINY
+
+    config = TINY.replace(seeds=5, t_max=3.0)  # d = 12, m = 3, m* = 2, 6 times
     online = config.replace(method="online", batch_size=8, t_max=0.5, learning_rate=0.05)
     whole = {"flow": jaxmoe.simulate(config), "online": jaxmoe.simulate(online)}
     monkeypatch.setattr(jaxmoe.flow, "solve_block", lambda: 2)

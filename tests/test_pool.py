@@ -12,12 +12,11 @@ import jaxmoe
 from jaxmoe import MoE, SimulationConfig, simulate
 from jaxmoe.pool import default_refill, pool_facts
 
+from _problems import SMALL
+
 # Short horizon, tight tolerances: rounding differences between a batched and
 # an unbatched kernel stay at rounding level (past a saddle escape they grow).
-PROBLEM = SimulationConfig(
-    d=12, m=4, m_star=2, seeds=7, t_max=20.0, num_times=41, time_grid="linear", rtol=1e-10, atol=1e-12,
-    loss_threshold=None,
-)
+PROBLEM = SMALL.replace(seeds=7)  # (d = 12, m = 4, m* = 2, t = 20, 41 times, rtol 1e-10)
 FIELDS = ("loss", "expert_alignment", "router_alignment", "student_router", "student_expert", "t_final")
 
 

@@ -24,15 +24,15 @@ from scipy import stats
 from jaxmoe import MoE, SimulationConfig, simulate
 from jaxmoe.init import init_problem, init_reduced, reduced_dimension, uses_reduced
 
+from _problems import SMALL
+
 ALPHA = 0.01
 M, M_STAR = 4, 2
 K = reduced_dimension(M, M_STAR)  # 12
 
 # Tight tolerances: the solver error must sit well below the 1e-8 agreement.
-PATH = SimulationConfig(
-    d=40, m=M, m_star=M_STAR, seeds=2, t_max=20.0, num_times=41, time_grid="linear",
-    rtol=1e-10, atol=1e-12, loss_threshold=None,
-)
+PATH = SMALL.replace(d=40, seeds=2)  # m = 4, m* = 2, t = 20, 41 times, rtol 1e-10
+assert (PATH.m, PATH.m_star) == (M, M_STAR)
 # The law test: d = 50 > K, so reduced mode is really used. A log grid resolves
 # recovery times from 0.006 to 6 (median about 1.5 at d = 50; some seeds
 # plateau below the threshold and count as not recovered, +inf, in both modes).

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 import jaxmoe
-from jaxmoe import SimulationConfig
 from jaxmoe.files import write_atomic
 
-CONFIG = SimulationConfig(d=10, m=3, m_star=2, seeds=2, t_max=2.0, num_times=4)
+from _problems import TINY
+
+CONFIG = TINY.replace(t_max=2.0)  # d = 12, m = 3, m* = 2, 2 seeds, 6 times
 
 
 @pytest.fixture(scope="module")

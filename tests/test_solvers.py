@@ -18,6 +18,8 @@ import jaxmoe
 from jaxmoe import SimulationConfig, simulate
 from jaxmoe.solvers import RKC2, rkc2_stability_bound, rkc2_stages, spectral_radius
 
+from _problems import SMALL as SHARED
+
 # A linear gradient flow y' = −A y (L = ½ yᵀAy) with eigenvalues spread over
 # four decades, in a rotated basis so that no coordinate is special.
 _EIGENVALUES = np.geomspace(1e-2, 50.0, 12)
@@ -121,9 +123,7 @@ def test_spectral_radius_matches_the_dense_hessian():
 
 # The small MoE problem long enough to turn stiff (h·ρ reaches Tsit5's limit
 # near t ≈ 20 at rtol 1e-6), with seeds that stop at different times.
-SMALL = SimulationConfig(
-    d=12, m=4, m_star=2, seeds=4, t_max=300.0, num_times=61, loss_threshold=None, rtol=1e-7, atol=1e-10,
-)
+SMALL = SHARED.replace(t_max=300.0, time_grid="log", rtol=1e-7, atol=1e-10)  # 4 seeds, 41 times
 
 
 @pytest.fixture(scope="module")
