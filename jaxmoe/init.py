@@ -11,6 +11,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .base import Model, unit
@@ -368,7 +369,19 @@ def init_problem(config, seed_index) -> tuple[MoE | Mixture, MoE | Mixture]:
         config.m, config.m_star, config.d, gate, expert, teacher_gate, teacher_expert, config.teacher,
         config.base_seed, uses_reduced(config), config.classic,
     )
-    return draw(jnp.asarray(seed_index))
+    if isinstance(seed_index, jax.core.Tracer) or len(seed_index) == 0:
+        return draw(jnp.asarray(seed_index))
+    # Drawn for a padded batch (the last index repeated) and trimmed, so that
+    # one compiled draw serves many seed counts: a seed's draw depends on its
+    # index only. The batch is a power of two up to 64 seeds, then a multiple of 64.
+    index = np.asarray(seed_index)
+    seeds = len(index)
+    size = max(8, 1 << (seeds - 1).bit_length()) if seeds <= _DRAW_BATCH else -(-seeds // _DRAW_BATCH) * _DRAW_BATCH
+    out = draw(jnp.asarray(np.concatenate([index, np.repeat(index[-1:], size - seeds)])))
+    return jax.tree_util.tree_map(lambda x: x[:seeds], out)
+
+
+_DRAW_BATCH = 64
 
 
 def draw_problem(
