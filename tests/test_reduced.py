@@ -82,6 +82,28 @@ def law_runs():
     return {mode: simulate(LAW.replace(mode=mode), seed_index=seeds) for mode, seeds in LAW_SEEDS.items()}
 
 
+def test_one_compiled_draw_serves_every_small_seed_count():
+    """`init_problem` draws a padded batch and trims it: 1, 3 and 7 seeds compile no new draw
+    after 8, and are the 8-seed draw's first seeds, bit for bit."""
+    eight = init_problem(PATH, np.arange(8))
+    compiled = []
+
+    def listen(event, duration, fun_name=None, **_):
+        if event.endswith("backend_compile_duration"):
+            compiled.append(fun_name)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        draws = {s: init_problem(PATH, np.arange(s)) for s in (1, 3, 7)}
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert "jit(one)" not in compiled, compiled
+    for s, draw in draws.items():
+        for leaf, whole in zip(jax.tree_util.tree_leaves(draw), jax.tree_util.tree_leaves(eight)):
+            assert leaf.shape[0] == s
+            np.testing.assert_array_equal(leaf, np.asarray(whole)[:s])
+
+
 def test_init_reduced_shapes_orthogonality_and_teacher(reduced_draws):
     x = reduced_draws
     assert x["v*"].shape == x["w*"].shape == (4000, M_STAR, K)
