@@ -12,7 +12,7 @@ import pytest
 import jaxmoe
 from jaxmoe import MoE, simulate
 
-from _problems import SMALL  # shared with other files, and so are its compiled solves
+from _problems import SMALL, compiled_programs  # SMALL is shared with other files, and so are its compiled solves
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +65,8 @@ def test_dloss_dt_is_minus_gradient_norm_squared(small_run):
 def test_one_compiled_solve_serves_every_seed_count_and_tolerance(small_run):
     """After `small_run`, other seed counts, tolerances and horizons compile no new solve
     (on a CPU the seeds run one at a time, `devices.in_blocks`; rtol, atol and t_max are traced)."""
-    compiled = []
-
-    def listen(event, duration, fun_name=None, **_):
-        if event.endswith("backend_compile_duration"):
-            compiled.append(fun_name)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
+    with compiled_programs() as compiled:
         runs = [simulate(SMALL.replace(**changes)) for changes in (dict(seeds=2), dict(seeds=7, rtol=1e-8, atol=1e-10), dict(seeds=3, t_max=5.0))]
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
     if jaxmoe.devices.solve_block() == 1:
         assert not {"jit(batched)", "jit(blocked)"} & set(compiled), compiled  # the solve, and the seeds' loop around it
     assert [r.status_names() for r in runs] == [["success"] * 2, ["success"] * 7, ["success"] * 3]

@@ -24,7 +24,7 @@ from scipy import stats
 from jaxmoe import MoE, SimulationConfig, simulate
 from jaxmoe.init import init_problem, init_reduced, reduced_dimension, uses_reduced
 
-from _problems import SMALL
+from _problems import SMALL, compiled_programs
 
 ALPHA = 0.01
 M, M_STAR = 4, 2
@@ -86,17 +86,8 @@ def test_one_compiled_draw_serves_every_small_seed_count():
     """`init_problem` draws a padded batch and trims it: 1, 3 and 7 seeds compile no new draw
     after 8, and are the 8-seed draw's first seeds, bit for bit."""
     eight = init_problem(PATH, np.arange(8))
-    compiled = []
-
-    def listen(event, duration, fun_name=None, **_):
-        if event.endswith("backend_compile_duration"):
-            compiled.append(fun_name)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
+    with compiled_programs() as compiled:
         draws = {s: init_problem(PATH, np.arange(s)) for s in (1, 3, 7)}
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
     assert "jit(one)" not in compiled, compiled
     for s, draw in draws.items():
         for leaf, whole in zip(jax.tree_util.tree_leaves(draw), jax.tree_util.tree_leaves(eight)):
