@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 from .base import Model
+from .buckets import padded
 from .config import SimulationConfig
 from .devices import blocks_per_device, in_blocks, num_devices, seed_block, shard_index, shard_seeds
 from .init import seed_key
@@ -149,23 +150,48 @@ def _empirical_loss(student: Model, teacher: Model, x, t=None) -> jax.Array:
 
 
 class _Spec(NamedTuple):
-    """The static part of a configuration: what the compiled scan depends on."""
+    """The static part of a configuration: what the compiled scan depends on.
+
+    The learning rate η and the momentum μ are not in it: they reach the scan
+    as traced (weakly typed) scalars, so that one compiled scan serves every
+    η and μ, as one compiled solve serves every rtol and t_max."""
 
     method: str
     batch_size: int
     num_samples: int | None
     optimizer: str
-    learning_rate: float
-    momentum: float
     progress: bool
     retract: bool
     block: int | None  # seeds per vmapped block (`devices.seed_block`); None: all at once
 
 
+class _Rates(NamedTuple):
+    """What `make_optimizer` reads, with η and μ traced inside the compiled scan."""
+
+    optimizer: str
+    learning_rate: jax.Array
+    momentum: jax.Array
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_streams(method: str, num_samples: int | None, d: int, dtype: str, base_seed: int):
+    """Each seed's training set (``"dataset"``: n inputs x ~ N(0, I_d); else empty) and step key, jitted once."""
+
+    def streams(index):
+        data_key, step_key = jax.random.split(jax.random.fold_in(seed_key(base_seed, index), _DATA_STREAM))
+        if method == "dataset":
+            # Labels come from the teacher, inside the scan.
+            data = jax.random.normal(data_key, (num_samples, d), dtype)
+        else:
+            data = jnp.zeros((0,), dtype)
+        return data, step_key
+
+    return jax.jit(jax.vmap(streams))
+
+
 @functools.lru_cache(maxsize=16)
 def _compiled_train(spec: _Spec, custom: optax.GradientTransformation | None):
     """One jitted scan per static specification (and per custom optimiser object)."""
-    optimizer = custom if custom is not None else make_optimizer(spec)
     full_batch = spec.method == "dataset" and spec.batch_size >= spec.num_samples
 
     def gradient(student, teacher, data, key, t):
@@ -179,18 +205,6 @@ def _compiled_train(spec: _Spec, custom: optax.GradientTransformation | None):
         rows = jax.random.permutation(key, spec.num_samples)[: spec.batch_size]
         return jax.grad(_empirical_loss)(student, teacher, data[rows], t)
 
-    def step_one(k, student, opt_state, teacher, data, key, norms):
-        # Step k sits at flow time k·η, which a temperature schedule reads.
-        t = k * spec.learning_rate
-        grad = gradient(student, teacher, data, jax.random.fold_in(key, k), t)
-        updates, opt_state = optimizer.update(grad, opt_state, student)
-        student = optax.apply_updates(student, updates)
-        if spec.retract:
-            student = retract(student, norms)
-        return student, opt_state
-
-    step_all = jax.vmap(step_one, in_axes=(None, 0, 0, 0, 0, 0, 0))
-
     def observe_one(student, teacher, data, t):
         out = observe(student, teacher, t)
         if spec.method == "dataset":
@@ -199,9 +213,22 @@ def _compiled_train(spec: _Spec, custom: optax.GradientTransformation | None):
 
     observe_all = jax.vmap(observe_one, in_axes=(0, 0, 0, None))
 
-    def run(student, teacher, data, keys, save_steps):
+    def run(student, teacher, data, keys, save_steps, learning_rate, momentum):
+        optimizer = custom if custom is not None else make_optimizer(_Rates(spec.optimizer, learning_rate, momentum))
         opt_state = jax.vmap(optimizer.init)(student)
         norms = jax.vmap(vector_norms)(student)  # the norms the retraction keeps
+
+        def step_one(k, student, opt_state, teacher, data, key, norms):
+            # Step k sits at flow time k·η, which a temperature schedule reads.
+            t = k * learning_rate
+            grad = gradient(student, teacher, data, jax.random.fold_in(key, k), t)
+            updates, opt_state = optimizer.update(grad, opt_state, student)
+            student = optax.apply_updates(student, updates)
+            if spec.retract:
+                student = retract(student, norms)
+            return student, opt_state
+
+        step_all = jax.vmap(step_one, in_axes=(None, 0, 0, 0, 0, 0, 0))
 
         def interval(carry, target):
             student, opt_state, k = carry
@@ -214,7 +241,7 @@ def _compiled_train(spec: _Spec, custom: optax.GradientTransformation | None):
                 # Unordered: ordered effects cannot span several devices, and
                 # every device reports the same targets (`update` keeps the largest).
                 jax.debug.callback(step_bar.update, shard_index(), target)
-            return (student, opt_state, target), observe_all(student, teacher, data, target * spec.learning_rate)
+            return (student, opt_state, target), observe_all(student, teacher, data, target * learning_rate)
 
         (student, _, _), saved = jax.lax.scan(interval, (student, opt_state, jnp.asarray(0, save_steps.dtype)), save_steps)
         # (times, seeds, ...) → (seeds, times, ...)
@@ -274,19 +301,12 @@ def train(
     save_steps = step_schedule(config, times)
     dtype = student.router.dtype
 
-    def streams(index):
-        data_key, step_key = jax.random.split(jax.random.fold_in(seed_key(config.base_seed, index), _DATA_STREAM))
-        if config.method == "dataset":
-            # The training set of the seed: n inputs x ~ N(0, I_d); labels come from the teacher.
-            data = jax.random.normal(data_key, (config.num_samples, config.d), dtype)
-        else:
-            data = jnp.zeros((0,), dtype)
-        return data, step_key
-
-    data, keys = jax.jit(jax.vmap(streams))(jnp.asarray(seed_index, jnp.int32))
+    # Padded (the last index repeated) and trimmed, as the draws are, so that one
+    # compiled stream serves many seed counts; a seed's stream depends on its index only.
+    streams = _compiled_streams(config.method, config.num_samples, config.d, np.dtype(dtype).name, config.base_seed)
+    data, keys = jax.tree_util.tree_map(lambda x: x[: len(seed_index)], streams(jnp.asarray(padded(np.asarray(seed_index, np.int32)))))
     spec = _Spec(
-        config.method, config.batch_size, config.num_samples,
-        config.optimizer, config.learning_rate, config.momentum, progress, config.retract,
+        config.method, config.batch_size, config.num_samples, config.optimizer, progress, config.retract,
         seed_block(config.m, config.m_star),
     )
     run = _compiled_train(spec, transformation)
@@ -294,8 +314,13 @@ def train(
         blocks = blocks_per_device(len(seed_index), spec.block)
         step_bar.open(int(save_steps[-1]), num_devices(), blocks)
     try:
-        saved, final = run(student, teacher, data, keys, jnp.asarray(save_steps))
+        # η and μ as Python floats: traced, and weakly typed as the constants were.
+        # The schedule is padded with its last step (no further steps, the
+        # same state observed again) and the saves trimmed, so that one
+        # compiled scan serves many numbers of saved times (`buckets.padded`).
+        saved, final = run(student, teacher, data, keys, jnp.asarray(padded(save_steps)), float(config.learning_rate), float(config.momentum))
         saved, final = jax.device_get((saved, final))
+        saved = jax.tree_util.tree_map(lambda x: x[:, : len(save_steps)], saved)
     finally:
         if progress:
             step_bar.close()

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .base import Model
+from .buckets import padded
 from .config import SimulationConfig
 from .devices import blocks_per_device, in_blocks, num_devices, shard_index, shard_seeds, solve_block
 from .observables import expert_alignment, observe, router_alignment
@@ -441,11 +442,11 @@ def integrate(config: SimulationConfig, teacher: Model, student: Model, times: n
         out = jaxmoe.flow.integrate(config, teacher, student, jaxmoe.time_grid(config))
         assert out["saved"]["loss"].shape == (2, 301) and out["status"].shape == (2,)   # one status per seed
     """
-    if config.solver == "rk4" and config.max_steps < np.ceil(config.t_max / config.dt):
-        raise ValueError(
-            f"rk4 with dt = {config.dt} needs {int(np.ceil(config.t_max / config.dt))} steps; "
-            f"max_steps is {config.max_steps}"
-        )
+    if config.solver == "rk4" and config.max_steps < (needed := int(np.ceil(config.t_max / config.dt))):
+        raise ValueError(f"rk4 with dt = {config.dt} needs {needed} steps; max_steps is {config.max_steps}")
+    # Padded saved times (the last repeated; saves trimmed after the solve): one compiled
+    # solve serves many numbers of saved times (`buckets.padded`); the steps ignore them.
+    num_saved, times = len(times), padded(times)
     state_size = sum(int(np.prod(np.shape(leaf)[1:])) for leaf in jax.tree_util.tree_leaves(student))
     seeds = student.router.shape[0]
     per_device = -(-seeds // num_devices())
@@ -488,6 +489,7 @@ def integrate(config: SimulationConfig, teacher: Model, student: Model, times: n
             student, teacher, jnp.asarray(times, dtype), threshold, recovered_at, tolerances
         )
         out = jax.device_get(dict(saved=saved, student=final, t_final=t_final, num_steps=num_steps, status=status))
+        out["saved"] = jax.tree_util.tree_map(lambda x: x[:, :num_saved], out["saved"])
         out["router"], out["expert"] = out["student"].router, out["student"].expert
         out["run"] = pool_facts(lanes, per_device, np.asarray(finished_at), out["num_steps"]) if pooled else {}
         finished = True

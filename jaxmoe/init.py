@@ -15,6 +15,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .base import Model, unit
+from .buckets import padded
 from .config import ROTATION_EQUIVARIANT
 from .families import (
     Mixture,
@@ -372,16 +373,11 @@ def init_problem(config, seed_index) -> tuple[MoE | Mixture, MoE | Mixture]:
     if isinstance(seed_index, jax.core.Tracer) or len(seed_index) == 0:
         return draw(jnp.asarray(seed_index))
     # Drawn for a padded batch (the last index repeated) and trimmed, so that
-    # one compiled draw serves many seed counts: a seed's draw depends on its
-    # index only. The batch is a power of two up to 64 seeds, then a multiple of 64.
-    index = np.asarray(seed_index)
-    seeds = len(index)
-    size = max(8, 1 << (seeds - 1).bit_length()) if seeds <= _DRAW_BATCH else -(-seeds // _DRAW_BATCH) * _DRAW_BATCH
-    out = draw(jnp.asarray(np.concatenate([index, np.repeat(index[-1:], size - seeds)])))
+    # one compiled draw serves many seed counts (`buckets.padded`): a
+    # seed's draw depends on its index only.
+    seeds = len(seed_index)
+    out = draw(jnp.asarray(padded(np.asarray(seed_index))))
     return jax.tree_util.tree_map(lambda x: x[:seeds], out)
-
-
-_DRAW_BATCH = 64
 
 
 def draw_problem(

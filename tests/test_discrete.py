@@ -8,6 +8,8 @@ import pytest
 
 from jaxmoe import MoE, SimulationConfig, simulate
 
+from _problems import compiled_programs
+
 # Full coordinates, so that every method starts from the same draw of each seed.
 BASE = SimulationConfig(
     d=12, m=3, m_star=2, seeds=2, t_max=2.0, num_times=9, time_grid="linear", mode="full",
@@ -42,6 +44,23 @@ def test_gradient_descent_approaches_flow_in_proportion_to_eta(flow, gd):
     assert 0.4 <= err[0.005] / err[0.01] <= 0.6
     np.testing.assert_allclose(gd[0.01].times, flow.times, rtol=1e-12)
     assert gd[0.01].num_steps.tolist() == [200, 200]
+
+
+def test_one_compiled_scan_serves_every_learning_rate_and_number_of_times(gd):
+    """After `gd`, another η, t_max and number of saved times (13 against 9: both pad to 16,
+    `buckets.padded_size`) compile no new scan: η is traced, the step schedule padded."""
+    longer = BASE.replace(t_max=3.0, num_times=13)  # the 9 times of BASE, then 4 more
+    with compiled_programs() as compiled:
+        slow = simulate(longer, method="optax", optimizer="sgd", learning_rate=0.01)
+        fast = simulate(longer, method="optax", optimizer="sgd", learning_rate=0.02)
+    assert "jit(run)" not in compiled, compiled
+    # The same steps from the same draw: the first 9 saves are gd's, to the last bit.
+    np.testing.assert_array_equal(slow.times[:9], gd[0.01].times)
+    np.testing.assert_array_equal(slow.loss[:, :9], gd[0.01].loss)
+    np.testing.assert_array_equal(slow.expert_alignment[:, :9], gd[0.01].expert_alignment)
+    assert slow.loss.shape == (2, 13) and slow.num_steps.tolist() == [300, 300] and fast.num_steps.tolist() == [150, 150]
+    # η = 0.02 is a different run: first order in η, it sits farther from η = 0.01 than η = 0.005 does.
+    assert np.max(np.abs(fast.loss[:, :9] - gd[0.01].loss)) > np.max(np.abs(gd[0.005].loss - gd[0.01].loss)) > 0
 
 
 def test_online_sgd_with_large_batch_approaches_gd():

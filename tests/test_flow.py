@@ -76,6 +76,22 @@ def test_one_compiled_solve_serves_every_seed_count_and_tolerance(small_run):
     assert runs[1].num_steps[0] != small_run.num_steps[0] and runs[2].times[-1] == 5.0
 
 
+def test_one_compiled_solve_serves_another_number_of_saved_times(small_run):
+    """The saved times are padded (`buckets.padded_size`): 33 times after 41 (both pad to
+    64) compile no new solve and take the same steps; the times the two grids share
+    (0, 5, 10, 15, 20) hold the same states, to the last bit."""
+    with compiled_programs() as compiled:
+        coarse = simulate(SMALL.replace(num_times=33))
+    if jaxmoe.devices.solve_block() == 1:
+        assert not {"jit(batched)", "jit(blocked)"} & set(compiled), compiled
+    assert coarse.loss.shape == (4, 33) and coarse.expert_alignment.shape == (4, 33, 4, 2)
+    np.testing.assert_array_equal(coarse.times[::8], small_run.times[::10])
+    for name in ("loss", "expert_alignment", "router_alignment"):
+        np.testing.assert_array_equal(getattr(coarse, name)[:, ::8], getattr(small_run, name)[:, ::10], err_msg=name)
+    np.testing.assert_array_equal(coarse.num_steps, small_run.num_steps)
+    np.testing.assert_array_equal(coarse.student_router, small_run.student_router)
+
+
 def test_agrees_with_fixed_step_rk4():
     base = SMALL.replace(seeds=2, t_max=5.0)
     adaptive = simulate(base)
