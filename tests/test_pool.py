@@ -48,18 +48,38 @@ def capped(alone):
     return PROBLEM.replace(max_steps=int(steps[-2] + steps[-1]) // 2)
 
 
-def _assert_same(actual, desired, rtol, skip=()):
+def _assert_same(actual, desired, rtol, skip=(), stopped=()):
+    """Statuses, steps and every field equal within `rtol` of the field's scale.
+
+    `stopped`: seeds that stop on the loss threshold, where a stopping time is
+    a sum of step sizes. The step-size control reads a local error estimate of
+    size rtol·‖θ‖ formed by cancellation, so a rounding difference of 1e-16 in
+    θ moves each step by about 1e-8 of itself and the stop by up to 10·rtol of
+    t_max (measured 2.4e-7 at t = 10). The saves before the stop agree within
+    rtol (measured 2e-14); the stopped state is the trajectory at a shifted
+    time, so it is held to rtol plus the shift times the field's speed over
+    the last saved interval (twice that, for the speed's variation within it).
+    """
     assert actual.status_names() == desired.status_names()
     np.testing.assert_array_equal(actual.num_steps, desired.num_steps)
+    shift = np.abs(actual.t_final - desired.t_final)
     for name in FIELDS:
         a, b = getattr(actual, name), getattr(desired, name)
         keep = np.array([s not in skip for s in range(a.shape[0])])
         np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=name)
         # Absolute slack at `rtol` of the array's scale: a loss that has fallen 1e-5-fold
         # carries the rounding of the state it came from.
-        # A stopping time is a sum of step sizes, which that rounding moves by up to 5e-8.
         tol = 10 * rtol if name == "t_final" else rtol
-        np.testing.assert_allclose(a[keep], b[keep], rtol=tol, atol=tol * np.nanmax(np.abs(b)), err_msg=name)
+        atol = np.full(a.shape, tol * np.nanmax(np.abs(b)))
+        if name in ("loss", "expert_alignment", "router_alignment"):  # saved along the time axis
+            for s in stopped:
+                after = desired.times >= desired.t_final[s]  # the stopped state, filled in
+                last = np.flatnonzero(~after)[-1]
+                speed = np.abs(b[s, after][0] - b[s, last]) / (desired.t_final[s] - desired.times[last])
+                atol[s, after] += 2 * shift[s] * speed
+        a, b, atol = a[keep], b[keep], atol[keep]
+        excess = np.where(np.isnan(b), 0.0, np.abs(a - b) - tol * np.abs(b) - atol)
+        assert excess.max(initial=0.0) <= 0, f"{name}: {np.sum(excess > 0)} elements beyond tolerance, by up to {excess.max():.3g}"
 
 
 def test_pool_gives_each_seed_its_own_result(alone, capped):
@@ -103,7 +123,10 @@ def test_pool_refilled_one_lane_at_a_time_stops_on_threshold(alone, capped, caps
     assert "converged" in names
     _assert_same(pooled, vmapped, rtol=0)
     # A seed at the step limit is held to the batched solve only (as above).
-    _assert_same(pooled, reference, rtol=1e-8, skip=[s for s, n in enumerate(names) if n == "step_limit"])
+    _assert_same(
+        pooled, reference, rtol=1e-8, skip=[s for s, n in enumerate(names) if n == "step_limit"],
+        stopped=[s for s, n in enumerate(names) if n == "converged"],
+    )
 
 
 def test_pool_is_the_vmapped_solve_step_for_step():

@@ -157,8 +157,13 @@ def test_stiff_solvers_seed_alone_equals_seed_in_batch_with_early_stops(solver, 
         alone = simulate(config, seed_index=[s])
         assert alone.status_names() == [batch.status_names()[s]]
         assert alone.num_steps[0] == batch.num_steps[s]
+        # A batched and an unbatched kernel round differently; the difference is
+        # absolute in θ (‖θ‖ ~ 1), so an alignment near 0 carries it in full:
+        # slack 1e-11 of the field's scale beside rtol 1e-9 (measured 1.1e-12
+        # on an alignment of 1.6e-6, vmapped rkc2).
         for name in ("loss", "expert_alignment", "router_alignment", "student_router"):
-            np.testing.assert_allclose(getattr(alone, name)[0], getattr(batch, name)[s], rtol=1e-9, atol=1e-12)
+            a, b = getattr(alone, name)[0], getattr(batch, name)[s]
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11 * np.abs(b).max(), err_msg=name)
         if batch.status_names()[s] == "converged":
             assert batch.loss[s, -1] < threshold
             assert batch.t_final[s] < SMALL.t_max
