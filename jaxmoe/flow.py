@@ -160,6 +160,12 @@ def _solver(name: str, spec: _Spec, *, stiffness: float | None = None) -> Tracke
     return Tracked(inner, stiffness=stiffness, difference_eps=eps, noise=_MIXED_NOISE if eps is not None else None)
 
 
+# Jitted although it is only ever called inside the compiled solve: a solver
+# step calls the field once per stage (Tsit5: 6, plus the stiffness monitor's
+# product), and a nested jit is traced once per shape and reused at every
+# call site, where a plain function is traced again at each (measured on the
+# auto solve at m = 4, m* = 2: tracing 9.2 s → 4.2 s, compiling unchanged).
+@jax.jit
 def _field(t, student, teacher):
     """``(−∇L, aux)``: the gradient flow and, from the same evaluation, the loss (`solvers.AuxTerm`)."""
     loss, gradient = jax.value_and_grad(mixture_loss)(student, teacher, t)
