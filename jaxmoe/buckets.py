@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import operator
 
+import jax
 import numpy as np
 
-__all__ = ["padded", "padded_size"]
+__all__ = ["padded", "padded_size", "trimmed"]
 
 _SMALLEST = 8
 _STEP = 64
@@ -60,3 +61,20 @@ def padded(rows) -> np.ndarray:
     if len(rows) == 0:
         return rows
     return np.concatenate([rows, np.repeat(rows[-1:], padded_size(len(rows)) - len(rows), axis=0)])
+
+
+def trimmed(tree, n: int, *, axis: int = 0):
+    """Every array in `tree` (a PyTree) cut back to its first `n` entries along `axis`: the inverse of `padded`.
+
+    A padded batch goes in rows first (``axis=0``: seeds); what comes back
+    from it may carry the padded size on another axis (``axis=1``: saved
+    times after the seed axis).
+
+    Example::
+
+        saved = {"loss": np.zeros((3, 8)), "alignment": np.zeros((3, 8, 2))}
+        out = jaxmoe.buckets.trimmed(saved, 5, axis=1)
+        assert out["loss"].shape == (3, 5) and out["alignment"].shape == (3, 5, 2)
+    """
+    cut = (slice(None),) * axis + (slice(None, n),)
+    return jax.tree_util.tree_map(lambda x: x[cut], tree)

@@ -35,7 +35,7 @@ import numpy as np
 import optax
 
 from .base import Model
-from .buckets import padded
+from .buckets import padded, trimmed
 from .config import SimulationConfig
 from .devices import blocks_per_device, in_blocks, num_devices, seed_block, shard_index, shard_seeds
 from .init import seed_key
@@ -304,7 +304,7 @@ def train(
     # Padded (the last index repeated) and trimmed, as the draws are, so that one
     # compiled stream serves many seed counts; a seed's stream depends on its index only.
     streams = _compiled_streams(config.method, config.num_samples, config.d, np.dtype(dtype).name, config.base_seed)
-    data, keys = jax.tree_util.tree_map(lambda x: x[: len(seed_index)], streams(jnp.asarray(padded(np.asarray(seed_index, np.int32)))))
+    data, keys = trimmed(streams(jnp.asarray(padded(np.asarray(seed_index, np.int32)))), len(seed_index))
     spec = _Spec(
         config.method, config.batch_size, config.num_samples, config.optimizer, progress, config.retract,
         seed_block(config.m, config.m_star),
@@ -320,7 +320,7 @@ def train(
         # compiled scan serves many numbers of saved times (`buckets.padded`).
         saved, final = run(student, teacher, data, keys, jnp.asarray(padded(save_steps)), float(config.learning_rate), float(config.momentum))
         saved, final = jax.device_get((saved, final))
-        saved = jax.tree_util.tree_map(lambda x: x[:, : len(save_steps)], saved)
+        saved = trimmed(saved, len(save_steps), axis=1)
     finally:
         if progress:
             step_bar.close()

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .base import Model
-from .buckets import padded
+from .buckets import padded, trimmed
 from .config import SimulationConfig
 from .devices import blocks_per_device, in_blocks, num_devices, shard_index, shard_seeds, solve_block
 from .observables import expert_alignment, observe, router_alignment
@@ -495,7 +495,7 @@ def integrate(config: SimulationConfig, teacher: Model, student: Model, times: n
             student, teacher, jnp.asarray(times, dtype), threshold, recovered_at, tolerances
         )
         out = jax.device_get(dict(saved=saved, student=final, t_final=t_final, num_steps=num_steps, status=status))
-        out["saved"] = jax.tree_util.tree_map(lambda x: x[:, :num_saved], out["saved"])
+        out["saved"] = trimmed(out["saved"], num_saved, axis=1)
         out["router"], out["expert"] = out["student"].router, out["student"].expert
         out["run"] = pool_facts(lanes, per_device, np.asarray(finished_at), out["num_steps"]) if pooled else {}
         finished = True

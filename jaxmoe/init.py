@@ -15,7 +15,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .base import Model, unit
-from .buckets import padded
+from .buckets import padded, trimmed
 from .config import ROTATION_EQUIVARIANT
 from .families import (
     Mixture,
@@ -375,9 +375,7 @@ def init_problem(config, seed_index) -> tuple[MoE | Mixture, MoE | Mixture]:
     # Drawn for a padded batch (the last index repeated) and trimmed, so that
     # one compiled draw serves many seed counts (`buckets.padded`): a
     # seed's draw depends on its index only.
-    seeds = len(seed_index)
-    out = draw(jnp.asarray(padded(np.asarray(seed_index))))
-    return jax.tree_util.tree_map(lambda x: x[:seeds], out)
+    return trimmed(draw(jnp.asarray(padded(np.asarray(seed_index)))), len(seed_index))
 
 
 def draw_problem(

@@ -1,9 +1,9 @@
-"""`buckets.padded_size`: the ladder of padded batch sizes, and bad input."""
+"""`jaxmoe.buckets`: the ladder of padded batch sizes, padding and trimming, and bad input."""
 
 import numpy as np
 import pytest
 
-from jaxmoe.buckets import padded, padded_size
+from jaxmoe.buckets import padded, padded_size, trimmed
 
 
 def test_ladder_covers_every_size_and_pads_little():
@@ -36,3 +36,15 @@ def test_padded_repeats_the_last_row_and_keeps_empty_arrays():
     assert padded(np.arange(64)).shape == (64,) and padded(np.arange(65)).shape == (128,)
     with pytest.raises(ValueError, match="leading axis of rows; got a scalar"):
         padded(np.float64(1.0))
+
+
+def test_trimmed_undoes_padded_on_every_leaf_along_its_axis():
+    rows = np.arange(10.0).reshape(5, 2)
+    seeds = {"router": padded(rows), "steps": padded(np.arange(5))}
+    back = trimmed(seeds, 5)
+    np.testing.assert_array_equal(back["router"], rows)
+    np.testing.assert_array_equal(back["steps"], np.arange(5))
+    # Saved times on the second axis, after the seeds: the first axis is untouched.
+    saved = np.stack([padded(np.arange(3.0))] * 2)  # (2 seeds, 8 times)
+    np.testing.assert_array_equal(trimmed(saved, 3, axis=1), [[0.0, 1.0, 2.0]] * 2)
+    assert trimmed((np.zeros((2, 8, 4)),), 3, axis=1)[0].shape == (2, 3, 4)
