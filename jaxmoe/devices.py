@@ -30,6 +30,8 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, Int, Shaped
 
+from .buckets import trimmed
+
 __all__ = [
     "AXIS", "num_devices", "shard_index", "shard_seeds", "in_blocks", "seed_block", "solve_block", "blocks_per_device",
 ]
@@ -131,7 +133,7 @@ def shard_seeds(fn: Callable, num_batched: int, *, devices=None) -> Callable:
             out_specs=PartitionSpec(AXIS),
             check_vma=False,
         )
-        return jax.tree_util.tree_map(lambda x: x[:seeds], mapped(*batched, *replicated))
+        return trimmed(mapped(*batched, *replicated), seeds)
 
     return jax.jit(padded)
 
