@@ -26,6 +26,19 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 # (`jaxmoe.flow.time_grid`, and each test's own), so in tests that check
 # returns NaN instead of raising. Set before equinox is imported, which reads it then.
 os.environ.setdefault("EQX_ON_ERROR", "nan")
+# XLA's CPU backend at LLVM -O1 without its expensive passes: most of the
+# suite's time is compiling, and most of a compile is LLVM optimising the
+# kernels (measured: an auto solve at m = 4, m* = 2 compiles in 7.2 s
+# instead of 10.8 s and runs as fast, 2.0 s to t = 200; a seed-vmapped draw,
+# mostly threefry, in 0.9 s instead of 2.3 s; the whole suite, -O1 alone,
+# 1076 s instead of 1200 s). The numbers move by rounding only (the auto
+# solve's saves by 1e-13; some draws by an ulp), as they do between CPUs
+# whose vector widths differ, so no test can lean on the bits of one
+# optimisation level; every process a test starts inherits these flags (a
+# test that compares processes bit for bit passes `JAXMOE_TEST_XLA_FLAGS` on).
+os.environ.setdefault("JAXMOE_TEST_XLA_FLAGS", "--xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true")
+if os.environ["JAXMOE_TEST_XLA_FLAGS"] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {os.environ['JAXMOE_TEST_XLA_FLAGS']}".strip()
 
 import jax  # noqa: E402
 

@@ -20,7 +20,8 @@ from jaxmoe.sweep import grid_points, read_grid
 # that a sweep of 8 one-seed chunks can be killed half way.
 FLAGS = ["--d", "12", "--m", "3", "--m-star", "2", "--t-max", "40", "--num-times", "6", "--quiet", "--figure-seeds", "1"]
 CONFIG = jaxmoe.SimulationConfig(d=12, m=3, m_star=2, t_max=40.0, num_times=6, seeds=8)
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+# The child processes compile as this one does (conftest.py), and no other XLA flag (a device count) reaches them.
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": os.environ.get("JAXMOE_TEST_XLA_FLAGS", "")}
 
 
 def _same(a: jaxmoe.Result, b: jaxmoe.Result) -> None:
