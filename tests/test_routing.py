@@ -51,6 +51,32 @@ def test_load_and_quality_match_monte_carlo(dim):
     assert float(obs["load"].sum()) == pytest.approx(1.0, rel=1e-12)
 
 
+def _in_dimension_d(student, teacher, t, nodes):
+    """The routing rule with its nodes written out as inputs of dimension D (x = q z), the plain reference."""
+    from jaxmoe.pairkernel import orthonormal_frame
+    from jaxmoe.quadrature import expert_vectors, gate_vectors, gaussian_nodes, rule_degree
+
+    frame = jnp.concatenate([v for m in (student, teacher) for v in gate_vectors(m) + [expert_vectors(m)]])
+    z, w = gaussian_nodes(frame.shape[0], nodes, max(rule_degree(student), rule_degree(teacher)))
+    x = jnp.asarray(z) @ orthonormal_frame(frame.T).T
+    w = jnp.asarray(w / w.sum())
+    g = student.gate_weights(x, t)
+    err = (student.expert_values(x) - teacher.forward(x, t)[:, None]) ** 2
+    return w @ g, -(w @ (g * err)) / (w @ g)
+
+
+@pytest.mark.parametrize("gate, expert", [("softmax", "linear"), ("hierarchical:groups=2", "he3"), ("topk:k=1", "mlp:hidden=2")])
+def test_frame_coordinates_are_the_inputs_of_dimension_d(gate, expert):
+    """Above 2(m + m*) dimensions the models are evaluated on the frame's K coordinates
+    (their vectors projected on it): the same numbers as the N inputs of dimension D, to rounding
+    (measured: 1.2e-15 of the largest value); routers, group routers, linear biases and mlp rows."""
+    teacher = F.init_mixture_teacher(2, 40, gate, expert, key=KEYS[0])
+    student = F.init_mixture_student(4, 40, gate, expert, key=KEYS[1])
+    obs = observe(student, teacher, 0.5, nodes=2**10)
+    for name, reference in zip(("load", "quality"), _in_dimension_d(student, teacher, 0.5, 2**10)):
+        np.testing.assert_allclose(obs[name], reference, rtol=0, atol=1e-13 * float(jnp.max(jnp.abs(reference))), err_msg=name)
+
+
 def test_vmapped_over_seeds_and_a_temperature_schedule():
     teacher = F.init_mixture_teacher(2, 6, "softmax", "linear", key=KEYS[0])
     students = jax.vmap(lambda k: F.init_mixture_student(3, 6, "temperature:tau=2,tau_final=0.1,decay=5", "linear", key=k))(
