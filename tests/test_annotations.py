@@ -49,13 +49,14 @@ def main():
     print(f"{time.perf_counter() - start:6.1f} s  imported jaxmoe under the hook", flush=True)
 
     def step(name, fn, *args):
-        """Call ``fn(*args)``; with arguments, compiled: the checks then run on the
+        """``fn(*args)``; with arguments, compiled: the checks then run on the
         tracers of that call (same shapes and dtypes), and one program replaces
         the hundreds of single-op ones an eager call compiles (measured: the
         loss and its gradient 3.8 s eager, 0.4 s compiled)."""
         start = time.perf_counter()
-        jax.block_until_ready(eqx.filter_jit(fn)(*args) if args else fn())
+        out = jax.block_until_ready(eqx.filter_jit(fn)(*args) if args else fn())
         print(f"{time.perf_counter() - start:6.1f} s  checked {name}", flush=True)
+        return out
 
     # The hook is on: a float annotation refuses an integer array.
     try:
@@ -94,9 +95,7 @@ def main():
     # serves whichever of this process and the test workers compiles it second.
     from _problems import TINY as config  # after the hook: it imports jaxmoe
 
-    results = []
-    step("simulate (the flow)", lambda: results.append(jaxmoe.simulate(config)))
-    result = results[0]
+    result = step("simulate (the flow)", lambda: jaxmoe.simulate(config))
     step("Result.models", lambda: result.models())
     kept_teacher, kept_student = jaxmoe.prune.pruned_problem(result, jaxmoe.prune.select_experts(result).kept)
     step("pruned_problem, tangent spectra (NumPy models, a seed axis)", lambda: jaxmoe.prune.hessian_spectrum(kept_student, kept_teacher))

@@ -43,7 +43,7 @@ assert jax.local_device_count() == devices, jax.local_devices()
 sys.path.insert(0, "tests")
 from _problems import TINY  # d = 12, m = 3, m* = 2, 6 saved times, reduced coordinates
 
-problem = dict(seeds=6)
+problem = TINY.replace(seeds=6)
 runs = {
     "flow": dict(),
     "online": dict(method="online", learning_rate=0.05, batch_size=8, t_max=0.5),
@@ -53,7 +53,7 @@ runs = {
 arrays = {}
 for name, changes in runs.items():
     # The sharded runs show their progress bars too: one bar, fed by every device.
-    result = jaxmoe.simulate(TINY.replace(**{**problem, **changes}), progress=devices > 1)
+    result = jaxmoe.simulate(problem.replace(**changes), progress=devices > 1)
     arrays[f"{name}/devices"] = result.run["devices"]
     for field in (
         "loss", "expert_alignment", "router_alignment", "student_router", "student_expert",
